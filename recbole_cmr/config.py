@@ -1,0 +1,62 @@
+"""RecBole Config that knows the plugin's models, yaml defaults and evaluation protocols."""
+
+import os
+
+from recbole.config import Config
+
+from recbole_cmr.utils import CrossMarketError, get_model
+
+PLUGIN_PROPERTIES = os.path.join(os.path.dirname(os.path.realpath(__file__)), "properties")
+SHIPPED_DATA_PATH = os.path.abspath(
+    os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "atomic_data")
+)
+PROTOCOLS = ("paper", "market", "full")
+
+
+class CrossMarketConfig(Config):
+    """RecBole's Config with the plugin's yaml layered over RecBole's own defaults.
+
+    Precedence stays RecBole's: command line > config dict > config files > plugin
+    yaml (``properties/overall.yaml`` then ``properties/model/<model>.yaml``) > RecBole yaml.
+    """
+
+    def _get_model_and_dataset(self, model, dataset):
+        if isinstance(model, str):
+            model = get_model(model)
+        elif model is None and isinstance(self.external_config_dict.get("model"), str):
+            model = get_model(self.external_config_dict["model"])
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        self.internal_config_dict["data_path"] = SHIPPED_DATA_PATH
+        for path in (
+            os.path.join(PLUGIN_PROPERTIES, "overall.yaml"),
+            os.path.join(PLUGIN_PROPERTIES, "model", f"{model}.yaml"),
+        ):
+            if os.path.isfile(path):
+                self._update_internal_config_dict(path)
+
+    def _set_default_parameters(self):
+        protocol = str(self.final_config_dict.get("eval_protocol")).lower()
+        if protocol not in PROTOCOLS:
+            raise CrossMarketError(
+                f"unknown eval_protocol {self.final_config_dict.get('eval_protocol')!r}; "
+                f"choose one of {', '.join(PROTOCOLS)} (e.g. --protocol=market)"
+            )
+        self.final_config_dict["eval_protocol"] = protocol
+        mode = "full" if protocol == "full" else f"uni{int(self.final_config_dict['eval_neg_num'])}"
+        eval_args = dict(self.final_config_dict.get("eval_args") or {})
+        eval_args["mode"] = {"valid": mode, "test": mode}
+        self.final_config_dict["eval_args"] = eval_args
+        for key in ("target_market",):
+            if self.final_config_dict.get(key) is not None:
+                self.final_config_dict[key] = str(self.final_config_dict[key]).lower()
+        sources = self.final_config_dict.get("source_markets")
+        if sources is not None:
+            if isinstance(sources, str):
+                sources = [s for s in sources.replace(",", " ").split() if s]
+            self.final_config_dict["source_markets"] = [str(s).lower() for s in sources]
+        self.final_config_dict["checkpoint_dir"] = os.path.abspath(self.final_config_dict["checkpoint_dir"])
+        super()._set_default_parameters()
+        self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])

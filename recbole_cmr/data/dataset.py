@@ -1,0 +1,158 @@
+"""CrossMarketDataset: RecBole's Dataset with a market field and a leave-one-out cross-market split."""
+
+import os
+
+import numpy as np
+import pandas as pd
+from recbole.data.dataset import Dataset
+
+from recbole_cmr.utils import CrossMarketError
+
+TRAIN_SCOPES = ("all", "target", "source")
+SPLIT_ORDERS = ("random", "time")
+
+
+class CrossMarketDataset(Dataset):
+    """All markets in one RecBole dataset; valid and test come from the target market only.
+
+    ``build()`` splits each target-market user leave-one-out (last item -> test,
+    second last -> valid, the rest -> train) after ordering the user's items at
+    random or by time, seeded by ``split_seed`` (default ``seed``). Every
+    interaction of a source market goes to train. What the returned train
+    dataset holds is the training scope ``train_markets``:
+    ``all`` (source + target train, the paper's "++"), ``target`` (the paper's
+    "single"), ``source`` (no target data: cold-start pre-training).
+    """
+
+    def _get_field_from_config(self):
+        super()._get_field_from_config()
+        self.market_field = self.config["MARKET_FIELD"]
+
+    def _load_data(self, token, dataset_path):
+        inter_path = os.path.join(dataset_path, f"{token}.inter")
+        if not os.path.isfile(inter_path):
+            raise CrossMarketError(
+                f"atomic file {inter_path} does not exist; set data_path/dataset to a folder holding "
+                f"'<dataset>/<dataset>.inter', or rebuild it with "
+                f"'python -m recbole_cmr.data.convert <folder of <market>_5core.txt>'"
+            )
+        try:
+            super()._load_data(token, dataset_path)
+        except (ValueError, KeyError, pd.errors.ParserError) as err:
+            raise CrossMarketError(
+                f"malformed atomic file {inter_path}: {err}. The header must name typed fields such as "
+                "'user_id:token item_id:token rating:float timestamp:float market:token', "
+                "one tab-separated value per field on every line"
+            ) from err
+        missing = [f for f in (self.uid_field, self.iid_field, self.market_field) if f not in self.inter_feat]
+        if missing:
+            raise CrossMarketError(
+                f"atomic file {inter_path} has no field(s) {missing}; add a '{self.market_field}:token' column "
+                f"naming each interaction's market (see 'python -m recbole_cmr.data.convert'), "
+                f"or point MARKET_FIELD at the column that holds it"
+            )
+
+    @property
+    def markets(self):
+        """Market names known to the dataset, in id order."""
+        return list(self.field2id_token[self.market_field][1:])
+
+    def market_id(self, name):
+        """Id of a market name; unknown names list the known ones."""
+        name = str(name).lower()
+        if name not in self.field2token_id[self.market_field]:
+            raise CrossMarketError(
+                f"unknown market {name!r}; the dataset {self.dataset_name!r} has markets: {', '.join(self.markets)}"
+            )
+        return self.field2token_id[self.market_field][name]
+
+    def _market_settings(self):
+        """Validated (target id, source ids, train scope, split order)."""
+        target = self.config["target_market"]
+        if target is None:
+            raise CrossMarketError(f"no target market; pass --market=<one of {', '.join(self.markets)}>")
+        target_id = self.market_id(target)
+        sources = self.config["source_markets"]
+        if sources is None:
+            source_ids = [self.market_id(m) for m in self.markets if m != target]
+        else:
+            if target in sources:
+                raise CrossMarketError(
+                    f"target market {target!r} is also listed in source_markets {sources}; "
+                    "the target's own training data is added by train_markets, so remove it from source_markets"
+                )
+            source_ids = [self.market_id(m) for m in sources]
+        scope = str(self.config["train_markets"]).lower()
+        if scope not in TRAIN_SCOPES:
+            raise CrossMarketError(f"unknown train_markets {scope!r}; choose one of {', '.join(TRAIN_SCOPES)}")
+        order = str(self.config["split_order"]).lower()
+        if order not in SPLIT_ORDERS:
+            raise CrossMarketError(f"unknown split_order {order!r}; choose one of {', '.join(SPLIT_ORDERS)}")
+        return target_id, source_ids, scope, order
+
+    def split_indices(self):
+        """Row indices of the split: ``source``, ``target_train``, ``valid``, ``test``.
+
+        Computed from the interaction table only, so it is identical for every
+        model given the same seed and settings.
+        """
+        target_id, source_ids, _, order = self._market_settings()
+        feat = self.inter_feat
+        users = np.asarray(feat[self.uid_field])
+        markets = np.asarray(feat[self.market_field])
+        seed = self.config["split_seed"] if self.config["split_seed"] is not None else self.config["seed"]
+        rng = np.random.default_rng(int(seed))
+
+        rows = rng.permutation(np.flatnonzero(markets == target_id))
+        if order == "time":
+            rows = rows[np.argsort(np.asarray(feat[self.time_field])[rows], kind="stable")]
+        rows = rows[np.argsort(users[rows], kind="stable")]
+        row_users = users[rows]
+        is_last = np.r_[row_users[1:] != row_users[:-1], True]
+        is_second_last = np.r_[is_last[1:] & (row_users[1:] == row_users[:-1]), False]
+
+        _, counts = np.unique(row_users, return_counts=True)
+        if len(counts) == 0 or counts.min() < 3:
+            short = int((counts < 3).sum()) if len(counts) else 0
+            raise CrossMarketError(
+                f"target market {self.config['target_market']!r} cannot be split leave-one-out: "
+                f"{short} user(s) have fewer than 3 interactions (one train, one valid, one test item are needed); "
+                "keep user_inter_num_interval: \"[3,inf)\" to drop such users"
+            )
+        return {
+            "source": np.flatnonzero(np.isin(markets, source_ids)),
+            "target_train": np.sort(rows[~is_last & ~is_second_last]),
+            "valid": np.sort(rows[is_second_last]),
+            "test": np.sort(rows[is_last]),
+        }
+
+    def build(self):
+        """Return [train, valid, test] datasets; train follows ``train_markets``.
+
+        Every returned dataset also carries what the split knows about the whole
+        data: ``target_market_id``, ``target_items`` (items sold in the target
+        market), ``user_market`` (market id of each user) and ``history_dataset``
+        (the full training split, source + target train), which is what models
+        may read as a user's history whatever the training scope.
+        """
+        self._change_feat_format()
+        target_id, _, scope, _ = self._market_settings()
+        index = self.split_indices()
+        users = self.inter_feat[self.uid_field].numpy()
+        markets = self.inter_feat[self.market_field].numpy()
+        self.target_market_id = target_id
+        self.target_items = np.unique(self.inter_feat[self.iid_field].numpy()[markets == target_id])
+        self.user_market = np.zeros(self.user_num, dtype=np.int64)
+        self.user_market[users] = markets
+        full_train = np.sort(np.concatenate([index["source"], index["target_train"]]))
+        self.history_dataset = self.copy(self.inter_feat[full_train])
+        train_rows = {"all": full_train, "target": index["target_train"], "source": index["source"]}[scope]
+        return [self.copy(self.inter_feat[rows]) for rows in (train_rows, index["valid"], index["test"])]
+
+    def train_history(self):
+        """Each user's training items as a padded ``[user_num, max_len]`` tensor plus lengths.
+
+        Read from the full training split, so valid and test items never appear.
+        """
+        items, _, lengths = self.history_dataset.history_item_matrix()
+        return items, lengths

@@ -1,0 +1,109 @@
+"""Evaluation protocols on RecBole's own samplers and evaluation dataloaders.
+
+- ``paper``: 99 negatives per valid/test positive, uniform over the items of all
+  markets, none of them an item of the user (what the ACMR paper did).
+- ``market``: 99 negatives uniform over the target market's items, none of them
+  an item of the user.
+- ``full``: every target-market item is ranked; the user's known items are
+  masked as in RecBole's full sort, and so is every item the target market
+  never sold.
+
+Negatives are drawn once per (phase, user) from ``split_seed``, so every model
+evaluated on the same split meets exactly the same candidates.
+"""
+
+import numpy as np
+import torch
+from recbole.data.dataloader import FullSortEvalDataLoader, NegSampleEvalDataLoader, TrainDataLoader
+from recbole.sampler import Sampler
+
+from recbole_cmr.utils import CrossMarketError
+
+EVAL_PHASES = ("valid", "test")
+
+
+class ProtocolSampler(Sampler):
+    """RecBole Sampler whose valid/test negatives are fixed draws from a protocol's item pool."""
+
+    def __init__(self, datasets, pool, num, seed):
+        super().__init__(["train", "valid", "test"], list(datasets), distribution="uniform")
+        self.pool = np.asarray(pool, dtype=np.int64)
+        self.fixed_negatives = {phase: self._draw(phase_dataset, num, seed + offset)
+                                for offset, (phase, phase_dataset) in enumerate(zip(EVAL_PHASES, datasets[1:]), 1)}
+
+    def _draw(self, phase_dataset, num, seed):
+        """``[user_num, num]`` negatives for the users of one phase (-1 for other users)."""
+        rng = np.random.default_rng(seed)
+        negatives = np.full((self.user_num, num), -1, dtype=np.int64)
+        all_items_of_user = self.used_ids["test"]
+        for uid in np.unique(phase_dataset.inter_feat[self.uid_field].numpy()):
+            candidates = np.setdiff1d(self.pool, np.fromiter(all_items_of_user[uid], dtype=np.int64))
+            if len(candidates) < num:
+                raise CrossMarketError(
+                    f"only {len(candidates)} candidate negatives for a user, {num} needed; "
+                    "lower eval_neg_num or use eval_protocol: full"
+                )
+            negatives[uid] = rng.choice(candidates, size=num, replace=False)
+        return negatives
+
+    def sample_by_user_ids(self, user_ids, item_ids, num):
+        """Fixed negatives, laid out as RecBole's samplers do: ``[num, len(user_ids)]`` flattened."""
+        negatives = self.fixed_negatives[self.phase][np.asarray(user_ids)][:, :num]
+        if (negatives < 0).any():
+            raise RuntimeError("asked for evaluation negatives of a user outside this phase")
+        return torch.from_numpy(np.ascontiguousarray(negatives.T).reshape(-1))
+
+
+class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
+    """RecBole's full-sort loader that also masks every item outside the target market."""
+
+    def __init__(self, config, dataset, sampler, shuffle=False):
+        super().__init__(config, dataset, sampler, shuffle=shuffle)
+        outside = np.ones(dataset.item_num, dtype=bool)
+        outside[sampler.pool] = False
+        outside[0] = False
+        self.outside_items = torch.from_numpy(np.flatnonzero(outside))
+
+    def collate_fn(self, index):
+        user_df, (history_u, history_i), positive_u, positive_i = super().collate_fn(index)
+        n_users = len(user_df)
+        outside_u = torch.arange(n_users).repeat_interleave(len(self.outside_items))
+        outside_i = self.outside_items.repeat(n_users)
+        return user_df, (torch.cat([history_u, outside_u]), torch.cat([history_i, outside_i])), positive_u, positive_i
+
+
+def protocol_pool(config, dataset):
+    """Candidate item ids of the configured protocol."""
+    if config["eval_protocol"] == "paper":
+        return np.arange(1, dataset.item_num)
+    return dataset.target_items
+
+
+def eval_dataloaders(config, dataset, built_datasets):
+    """Valid and test dataloaders for ``config['eval_protocol']``."""
+    train, valid, test = built_datasets
+    seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
+    sampler = ProtocolSampler(
+        [dataset.history_dataset, valid, test], protocol_pool(config, dataset), int(config["eval_neg_num"]), int(seed)
+    )
+    loader = MarketFullSortEvalDataLoader if config["eval_protocol"] == "full" else NegSampleEvalDataLoader
+    return (loader(config, valid, sampler.set_phase("valid"), shuffle=False),
+            loader(config, test, sampler.set_phase("test"), shuffle=False))
+
+
+def train_dataloader(config, train_dataset, built_datasets):
+    """RecBole's TrainDataLoader with RecBole's uniform sampler over the given training rows."""
+    neg_args = config["train_neg_sample_args"]
+    sampler = None
+    if neg_args is not None and neg_args.get("distribution", "none") != "none":
+        _, valid, test = built_datasets
+        sampler = Sampler(["train", "valid", "test"], [train_dataset, valid, test],
+                          neg_args["distribution"], neg_args.get("alpha", 1.0)).set_phase("train")
+    return TrainDataLoader(config, train_dataset, sampler, shuffle=config["shuffle"])
+
+
+def data_preparation(config, dataset):
+    """Split ``dataset`` and return RecBole (train, valid, test) dataloaders for the configured protocol."""
+    built = dataset.build()
+    valid_data, test_data = eval_dataloaders(config, dataset, built)
+    return train_dataloader(config, built[0], built), valid_data, test_data

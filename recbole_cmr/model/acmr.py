@@ -1,0 +1,152 @@
+"""ACMR: attentive cross-market recommendation (Hu et al.), as a RecBole general model.
+
+A row is (user, candidate item). Its sequence is the candidate followed by up
+to ``max_history_len`` of the user's training items; every position embeds as
+shared item embedding + the user's market embedding, then LayerNorm and
+dropout. ``n_layers`` bidirectional post-LN transformer layers encode it; the
+user vector is the mean of the history outputs, and one linear layer over
+concat(user, candidate output) gives the logit, trained with BCE against the
+negatives RecBole's TrainDataLoader samples.
+
+Rows are encoded in buckets of similar history length, each padded only to
+its own longest history, so a batch costs about its true token count.
+"""
+
+import torch
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_cmr.utils import CrossMarketError
+
+
+class ACMR(GeneralRecommender):
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.embedding_size = config["embedding_size"]
+        self.n_heads = config["n_heads"]
+        self.n_layers = config["n_layers"]
+        self.dropout_prob = config["dropout_prob"]
+        self.max_history_len = config["max_history_len"]
+        self.bucket_rows = config["bucket_rows"]
+        self.use_market_embedding = config["use_market_embedding"]
+        self.history_keeps_positive = config["history_keeps_positive"]
+        self.LABEL = config["LABEL_FIELD"]
+        self._check_hyper_parameters(config)
+
+        history, _ = dataset.train_history()
+        self.register_buffer("history_items", history, persistent=False)
+        # Fixed ranking keys make evaluation pick the same history subset every time.
+        generator = torch.Generator().manual_seed(int(config["seed"]))
+        self.register_buffer("history_keys", torch.rand(history.shape, generator=generator), persistent=False)
+        self.register_buffer("user_market", torch.as_tensor(dataset.user_market), persistent=False)
+        self.register_buffer("target_items", torch.as_tensor(dataset.target_items), persistent=False)
+
+        d = self.embedding_size
+        self.item_embedding = nn.Embedding(self.n_items, d, padding_idx=0)
+        n_markets = len(dataset.field2id_token[dataset.market_field])
+        self.market_embedding = nn.Embedding(n_markets, d) if self.use_market_embedding else None
+        self.embedding_norm = nn.LayerNorm(d)
+        self.embedding_dropout = nn.Dropout(self.dropout_prob)
+        layer = nn.TransformerEncoderLayer(
+            d, self.n_heads, dim_feedforward=4 * d, dropout=self.dropout_prob,
+            activation="relu", batch_first=True, norm_first=False,
+        )
+        self.encoder = nn.TransformerEncoder(layer, self.n_layers, enable_nested_tensor=False)
+        self.prediction = nn.Linear(2 * d, 1)
+        self.loss_fct = nn.BCEWithLogitsLoss()
+        self.apply(self._init_weights)
+
+    def _check_hyper_parameters(self, config):
+        problems = []
+        if not isinstance(self.embedding_size, int) or self.embedding_size < 1:
+            problems.append(f"embedding_size must be a positive integer, got {self.embedding_size!r}")
+        elif not isinstance(self.n_heads, int) or self.n_heads < 1 or self.embedding_size % self.n_heads:
+            problems.append(f"n_heads ({self.n_heads!r}) must be a positive divisor of embedding_size ({self.embedding_size})")
+        if not isinstance(self.n_layers, int) or self.n_layers < 1:
+            problems.append(f"n_layers must be >= 1, got {self.n_layers!r}")
+        if not isinstance(self.max_history_len, int) or self.max_history_len < 1:
+            problems.append(f"max_history_len (SL) must be >= 1, got {self.max_history_len!r}")
+        if not 0 <= self.dropout_prob < 1:
+            problems.append(f"dropout_prob must be in [0, 1), got {self.dropout_prob!r}")
+        if not isinstance(self.bucket_rows, int) or self.bucket_rows < 1:
+            problems.append(f"bucket_rows must be >= 1, got {self.bucket_rows!r}")
+        neg = config["train_neg_sample_args"]
+        if not neg or neg.get("distribution") == "none" or not neg.get("sample_num"):
+            problems.append("ACMR trains with BCE on sampled negatives: set train_neg_sample_args.sample_num >= 1")
+        if problems:
+            raise CrossMarketError("impossible ACMR hyper-parameters: " + "; ".join(problems))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+    def _histories(self, users, exclude=None):
+        """``[B, W]`` history items per row, real items first, 0-padded; W <= max_history_len.
+
+        Longer histories keep a random subset: fresh in training, fixed in evaluation.
+        ``exclude`` (one item per row) is removed from the row's history.
+        """
+        history = self.history_items[users]
+        real = history > 0
+        if exclude is not None:
+            real &= history != exclude.unsqueeze(1)
+        keys = torch.rand(history.shape, device=history.device) if self.training else self.history_keys[users]
+        keys = keys.masked_fill(~real, 2.0)
+        width = min(self.max_history_len, int(real.sum(1).max()) if len(users) else 0)
+        picked = keys.argsort(dim=1)[:, :width]
+        return history.gather(1, picked) * real.gather(1, picked)
+
+    def _encode(self, sequences, markets):
+        """Logits of ``[b, 1 + w]`` sequences whose position 0 is the candidate."""
+        padding = sequences == 0
+        x = self.item_embedding(sequences)
+        if self.market_embedding is not None:
+            x = x + self.market_embedding(markets).unsqueeze(1)
+        x = self.encoder(self.embedding_dropout(self.embedding_norm(x)), src_key_padding_mask=padding)
+        history_mask = (~padding[:, 1:]).unsqueeze(-1).to(x.dtype)
+        user = (x[:, 1:] * history_mask).sum(1) / history_mask.sum(1).clamp(min=1.0)
+        return self.prediction(torch.cat([user, x[:, 0]], dim=-1)).squeeze(-1)
+
+    def forward(self, users, items, exclude=None):
+        history = self._histories(users, exclude)
+        lengths = (history > 0).sum(1)
+        logits = torch.empty(len(users), device=history.device)
+        for bucket in lengths.argsort().split(self.bucket_rows):
+            width = int(lengths[bucket].max())
+            sequences = torch.cat([items[bucket].unsqueeze(1), history[bucket, :width]], dim=1)
+            logits[bucket] = self._encode(sequences, self.user_market[users[bucket]])
+        return logits
+
+    def calculate_loss(self, interaction):
+        users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        labels = interaction[self.LABEL]
+        exclude = None
+        if not self.history_keeps_positive:
+            # RecBole lays out a point-wise batch as [positives, then each block of negatives],
+            # so row r belongs to positive r % n_pos: its context must not hold that positive.
+            n_pos = int(labels.sum())
+            if not bool(labels[:n_pos].all()):
+                raise RuntimeError("unexpected batch layout: positives must come first")
+            exclude = items[torch.arange(len(items), device=items.device) % n_pos]
+        return self.loss_fct(self.forward(users, items, exclude), labels)
+
+    def predict(self, interaction):
+        return torch.sigmoid(self.forward(interaction[self.USER_ID], interaction[self.ITEM_ID]))
+
+    def full_sort_predict(self, interaction):
+        """Scores of the target market's items; other items get -inf (full ranking is per market)."""
+        users = interaction[self.USER_ID]
+        candidates = self.target_items
+        rows_users = users.repeat_interleave(len(candidates))
+        rows_items = candidates.repeat(len(users))
+        scores = torch.full((len(users), self.n_items), float("-inf"), device=users.device)
+        scores[:, candidates] = torch.sigmoid(self.forward(rows_users, rows_items)).view(len(users), -1)
+        return scores.view(-1)

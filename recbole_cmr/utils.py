@@ -1,0 +1,48 @@
+"""Errors and lookups shared by the plugin's modules."""
+
+import difflib
+import importlib
+import pkgutil
+
+import recbole.model
+from recbole.utils import get_model as get_recbole_model
+
+
+class CrossMarketError(ValueError):
+    """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+def plugin_model_names():
+    """Model classes this plugin adds, by name."""
+    from recbole_cmr import model as plugin_models
+
+    return {name: getattr(plugin_models, name) for name in plugin_models.__all__}
+
+
+def recbole_model_names():
+    """Names of RecBole's built-in models (module names, lower case)."""
+    names = []
+    for pkg in pkgutil.iter_modules(recbole.model.__path__):
+        if pkg.ispkg and pkg.name.endswith("_recommender"):
+            sub = importlib.import_module(f"recbole.model.{pkg.name}")
+            names += [m.name for m in pkgutil.iter_modules(sub.__path__) if not m.ispkg]
+    return names
+
+
+def get_model(model_name):
+    """Plugin models first, then RecBole's ``get_model``; unknown names suggest near matches."""
+    plugin = plugin_model_names()
+    if model_name in plugin:
+        return plugin[model_name]
+    try:
+        return get_recbole_model(model_name)
+    except (ValueError, AttributeError):
+        pass
+    known = list(plugin) + recbole_model_names()
+    close = difflib.get_close_matches(model_name.lower(), [k.lower() for k in known], n=3, cutoff=0.6)
+    by_lower = {k.lower(): k for k in known}
+    hint = f" Did you mean: {', '.join(by_lower.get(c, c) for c in close)}?" if close else ""
+    raise CrossMarketError(
+        f"unknown model {model_name!r}.{hint} Model names are case-sensitive class names, "
+        "e.g. ACMR, Pop, BPR, EASE, LightGCN, SASRec (any RecBole model)."
+    )
