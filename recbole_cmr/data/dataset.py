@@ -146,6 +146,7 @@ class CrossMarketDataset(Dataset):
         self.user_market[users] = markets
         full_train = np.sort(np.concatenate([index["source"], index["target_train"]]))
         self.history_dataset = self.copy(self.inter_feat[full_train])
+        self.history_dataset.history_dataset = self.history_dataset
         train_rows = {"all": full_train, "target": index["target_train"], "source": index["source"]}[scope]
         return [self.copy(self.inter_feat[rows]) for rows in (train_rows, index["valid"], index["test"])]
 

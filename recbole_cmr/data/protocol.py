@@ -91,14 +91,45 @@ def eval_dataloaders(config, dataset, built_datasets):
             loader(config, test, sampler.set_phase("test"), shuffle=False))
 
 
+class LengthBucketedTrainDataLoader(TrainDataLoader):
+    """RecBole's TrainDataLoader whose batches hold rows of similar user-history length.
+
+    Each epoch the rows are shuffled, every window of ``bucket_window`` batches
+    is sorted by history length and cut into batches, and the batches are
+    shuffled. A history model then pads each batch to about its own length
+    instead of to the longest history (most rows are short, a few are long).
+    """
+
+    def __init__(self, config, dataset, sampler, user_history_len):
+        super().__init__(config, dataset, sampler, shuffle=False)
+        self.rows = dataset.inter_feat
+        self.row_lengths = torch.as_tensor(user_history_len)[self.rows[dataset.uid_field]]
+        self.window_batches = int(config["bucket_window"])
+
+    def __iter__(self):
+        order = torch.randperm(len(self.rows), generator=self.generator)
+        windows = [w[torch.argsort(self.row_lengths[w], stable=True)] for w in order.split(self.step * self.window_batches)]
+        batches = torch.cat(windows).split(self.step)
+        shuffled = torch.randperm(len(batches), generator=self.generator)
+        self._dataset.inter_feat = self.rows[torch.cat([batches[i] for i in shuffled])]
+        return super().__iter__()
+
+
 def train_dataloader(config, train_dataset, built_datasets):
-    """RecBole's TrainDataLoader with RecBole's uniform sampler over the given training rows."""
+    """RecBole's TrainDataLoader with RecBole's uniform sampler over the given training rows.
+
+    With ``bucket_window`` set (history models such as ACMR), batches are length-bucketed.
+    """
     neg_args = config["train_neg_sample_args"]
     sampler = None
     if neg_args is not None and neg_args.get("distribution", "none") != "none":
         _, valid, test = built_datasets
         sampler = Sampler(["train", "valid", "test"], [train_dataset, valid, test],
                           neg_args["distribution"], neg_args.get("alpha", 1.0)).set_phase("train")
+    if config["bucket_window"]:
+        history = train_dataset.history_dataset
+        lengths = np.bincount(history.inter_feat[history.uid_field].numpy(), minlength=history.user_num)
+        return LengthBucketedTrainDataLoader(config, train_dataset, sampler, lengths)
     return TrainDataLoader(config, train_dataset, sampler, shuffle=config["shuffle"])
 
 

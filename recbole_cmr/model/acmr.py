@@ -20,6 +20,44 @@ from torch import nn
 from recbole_cmr.utils import CrossMarketError
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout drawing its mask with ``torch.rand``: same distribution, 2-3x faster on CPU,
+    where ``bernoulli_`` was the largest cost of a training step."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+class TransformerLayer(nn.Module):
+    """Bidirectional post-LN transformer layer (paper eq. 6), as torch's TransformerEncoderLayer
+    with ReLU and norm_first=False, written out so that its dropouts use :class:`Dropout`."""
+
+    def __init__(self, d, n_heads, dropout_prob):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, d // n_heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attention_out = nn.Linear(d, d)
+        self.ffn_in = nn.Linear(d, 4 * d)
+        self.ffn_out = nn.Linear(4 * d, d)
+        self.attention_norm = nn.LayerNorm(d)
+        self.ffn_norm = nn.LayerNorm(d)
+        self.attention_dropout = Dropout(dropout_prob)
+        self.ffn_dropout = Dropout(dropout_prob)
+        self.residual_dropout = Dropout(dropout_prob)
+
+    def forward(self, x, attention_bias):
+        """``x``: [b, n, d]; ``attention_bias``: [b, 1, 1, n], 0 for real positions and -inf for padding."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) * self.head_dim ** -0.5 + attention_bias, dim=-1)
+        attended = (self.attention_dropout(weights) @ v).transpose(1, 2).reshape(b, n, d)
+        x = self.attention_norm(x + self.residual_dropout(self.attention_out(attended)))
+        ffn = self.ffn_out(self.ffn_dropout(torch.relu(self.ffn_in(x))))
+        return self.ffn_norm(x + self.residual_dropout(ffn))
+
+
 class ACMR(GeneralRecommender):
     input_type = InputType.POINTWISE
 
@@ -49,12 +87,8 @@ class ACMR(GeneralRecommender):
         n_markets = len(dataset.field2id_token[dataset.market_field])
         self.market_embedding = nn.Embedding(n_markets, d) if self.use_market_embedding else None
         self.embedding_norm = nn.LayerNorm(d)
-        self.embedding_dropout = nn.Dropout(self.dropout_prob)
-        layer = nn.TransformerEncoderLayer(
-            d, self.n_heads, dim_feedforward=4 * d, dropout=self.dropout_prob,
-            activation="relu", batch_first=True, norm_first=False,
-        )
-        self.encoder = nn.TransformerEncoder(layer, self.n_layers, enable_nested_tensor=False)
+        self.embedding_dropout = Dropout(self.dropout_prob)
+        self.layers = nn.ModuleList(TransformerLayer(d, self.n_heads, self.dropout_prob) for _ in range(self.n_layers))
         self.prediction = nn.Linear(2 * d, 1)
         self.loss_fct = nn.BCEWithLogitsLoss()
         self.apply(self._init_weights)
@@ -110,7 +144,11 @@ class ACMR(GeneralRecommender):
         x = self.item_embedding(sequences)
         if self.market_embedding is not None:
             x = x + self.market_embedding(markets).unsqueeze(1)
-        x = self.encoder(self.embedding_dropout(self.embedding_norm(x)), src_key_padding_mask=padding)
+        x = self.embedding_dropout(self.embedding_norm(x))
+        attention_bias = torch.zeros(padding.shape, dtype=x.dtype, device=x.device)
+        attention_bias = attention_bias.masked_fill(padding, float("-inf"))[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, attention_bias)
         history_mask = (~padding[:, 1:]).unsqueeze(-1).to(x.dtype)
         user = (x[:, 1:] * history_mask).sum(1) / history_mask.sum(1).clamp(min=1.0)
         return self.prediction(torch.cat([user, x[:, 0]], dim=-1)).squeeze(-1)

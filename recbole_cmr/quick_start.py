@@ -1,0 +1,274 @@
+"""Run any model on the cross-market split: one phase for RecBole built-ins, pre-train -> fine-tune for ACMR.
+
+Every run writes one directory (``<checkpoint_dir>/<model>-<market>-<protocol>-seed<seed>-<time>``)
+holding ``run.log``, the checkpoints, ``config.json`` and the results as
+``results.json`` and ``results.csv``. The directory is built under a
+``.incomplete`` name and renamed only when the run has finished, and it is
+removed if the run fails.
+"""
+
+import copy
+import csv
+import json
+import logging
+import os
+import shutil
+import time
+
+import torch
+from recbole.utils import init_seed
+
+from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
+from recbole_cmr.data.dataset import CrossMarketDataset
+from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
+from recbole_cmr.trainer import get_trainer, load_checkpoint
+from recbole_cmr.utils import CrossMarketError
+
+PHASES = ("both", "pretrain", "finetune")
+REPORTED_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
+
+
+def make_config(model, market=None, config_file_list=None, config_dict=None):
+    """The run's Config: plugin yaml < files < dict (< RecBole's own command-line overrides)."""
+    config_dict = dict(config_dict or {})
+    config_dict.setdefault("dataset", "xmarket")
+    if market is not None:
+        config_dict["target_market"] = str(market).lower()
+    config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],
+                               config_file_list=config_file_list, config_dict=config_dict)
+    check_training_parameters(config)
+    return config
+
+
+def check_training_parameters(config):
+    """Reject training settings no run can use, before any data is read."""
+    problems = []
+    if not isinstance(config["learning_rate"], (int, float)) or config["learning_rate"] <= 0:
+        problems.append(f"learning_rate must be > 0, got {config['learning_rate']!r}")
+    if not isinstance(config["epochs"], int) or config["epochs"] < 1:
+        problems.append(f"epochs must be an integer >= 1, got {config['epochs']!r}")
+    if not isinstance(config["train_batch_size"], int) or config["train_batch_size"] < 1:
+        problems.append(f"train_batch_size must be an integer >= 1, got {config['train_batch_size']!r}")
+    if not isinstance(config["eval_neg_num"], int) or config["eval_neg_num"] < 1:
+        problems.append(f"eval_neg_num must be an integer >= 1, got {config['eval_neg_num']!r}")
+    if problems:
+        raise CrossMarketError("impossible hyper-parameters: " + "; ".join(problems))
+
+
+def protocol_config(config, protocol):
+    """A copy of ``config`` that evaluates under another protocol (same split and seed)."""
+    other = copy.copy(config)
+    other.final_config_dict = copy.deepcopy(config.final_config_dict)
+    mode = "full" if protocol == "full" else f"uni{config['eval_neg_num']}"
+    other.final_config_dict["eval_protocol"] = protocol
+    other.final_config_dict["eval_args"]["mode"] = {"valid": mode, "test": mode}
+    other._set_eval_neg_sample_args("valid")
+    other._set_eval_neg_sample_args("test")
+    return other
+
+
+def _flat(result):
+    return {k: round(float(v), 6) for k, v in (result or {}).items()}
+
+
+class RunDirectory:
+    """A run's output folder, visible under its final name only once complete."""
+
+    def __init__(self, config):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-{stamp}"
+        self.path = os.path.join(config["checkpoint_dir"], name)
+        self.work = self.path + ".incomplete"
+        n = 1
+        while os.path.exists(self.path) or os.path.exists(self.work):
+            n += 1
+            self.path = os.path.join(config["checkpoint_dir"], f"{name}-{n}")
+            self.work = self.path + ".incomplete"
+        os.makedirs(self.work)
+
+    def file(self, name):
+        return os.path.join(self.work, name)
+
+    def commit(self):
+        os.replace(self.work, self.path)
+
+    def discard(self):
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _init_logging(log_file, config):
+    """RecBole-style logging to the console and the run's log file."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s  %(message)s", "%d %b %H:%M:%S")
+    for handler in (logging.StreamHandler(), logging.FileHandler(log_file)):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(level)
+    return root
+
+
+class CrossMarketRun:
+    """One model on one split: data, model, phases and evaluation."""
+
+    def __init__(self, config, run_dir, callback_fn=None):
+        self.config = config
+        self.run_dir = run_dir
+        self.callback_fn = callback_fn
+        self.logger = logging.getLogger()
+        init_seed(config["seed"], config["reproducibility"])
+        self.dataset = CrossMarketDataset(config)
+        self.built = self.dataset.build()
+        self.logger.info(self._split_summary())
+        self.valid_data, self.test_data = eval_dataloaders(config, self.dataset, self.built)
+        init_seed(config["seed"], config["reproducibility"])
+        model_class = config.model_class
+        self.model = model_class(config, self.built[0]).to(config["device"])
+        self.logger.info(self.model)
+
+    def _split_summary(self):
+        train, valid, test = self.built
+        return (f"split: target={self.config['target_market']} order={self.config['split_order']} "
+                f"train_markets={self.config['train_markets']} train rows={len(train)} "
+                f"valid users={len(valid)} test users={len(test)} protocol={self.config['eval_protocol']}")
+
+    def _target_train_data(self):
+        """Fine-tuning data: the target market's training rows only."""
+        history = self.dataset.history_dataset
+        rows = history.inter_feat[self.dataset.market_field] == self.dataset.target_market_id
+        target = history.copy(history.inter_feat[rows])
+        return train_dataloader(self.config, target, self.built)
+
+    def _fit(self, phase, train_data):
+        trainer = get_trainer(self.config)(self.config, self.model)
+        trainer.saved_model_file = self.run_dir.file(f"{phase}.pth")
+        self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
+        callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None
+        trainer.fit(train_data, self.valid_data, saved=True, show_progress=self.config["show_progress"],
+                    callback_fn=callback)
+        return trainer
+
+    def _evaluate(self, trainer, test_protocols):
+        """Valid and test metrics of the phase's best checkpoint, per requested protocol."""
+        results = {}
+        for protocol in test_protocols:
+            if protocol == self.config["eval_protocol"]:
+                valid_data, test_data = self.valid_data, self.test_data
+            else:
+                valid_data, test_data = eval_dataloaders(protocol_config(self.config, protocol),
+                                                         self.dataset, self.built)
+            results[protocol] = {
+                "valid": _flat(trainer.evaluate(valid_data, load_best_model=True)),
+                "test": _flat(trainer.evaluate(test_data, load_best_model=True)),
+            }
+        return results
+
+    def _load_pretrained(self, path):
+        checkpoint = load_checkpoint(path, self.config)
+        try:
+            self.model.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as err:
+            raise CrossMarketError(f"checkpoint {path} does not fit this model's shapes: {err}") from None
+        self.model.load_other_parameter(checkpoint.get("other_parameter"))
+
+    def run(self, phase="both", pretrained=None, test_protocols=None):
+        """Train and evaluate; returns ``{phase: {protocol: {valid|test: metrics}}}``."""
+        test_protocols = list(test_protocols or [self.config["eval_protocol"]])
+        two_phase = bool(self.config["finetune"]) and self.config["finetune"] is not None
+        results = {}
+        if not two_phase:
+            trainer = self._fit("train", train_dataloader(self.config, self.built[0], self.built))
+            results["train"] = self._evaluate(trainer, test_protocols)
+            return results
+        if pretrained is None and phase in ("both", "pretrain"):
+            trainer = self._fit("pretrain", train_dataloader(self.config, self.built[0], self.built))
+            results["pretrain"] = self._evaluate(trainer, test_protocols)
+            pretrained = trainer.saved_model_file
+        if phase in ("both", "finetune"):
+            if pretrained is None:
+                raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")
+            self._load_pretrained(pretrained)
+            trainer = self._fit("finetune", self._target_train_data())
+            results["finetune"] = self._evaluate(trainer, test_protocols)
+        return results
+
+
+def results_rows(config, results):
+    """Flat rows (one per phase, protocol and split) for tables and CSV."""
+    rows = []
+    for phase, by_protocol in results.items():
+        for protocol, by_split in by_protocol.items():
+            for split, metrics in by_split.items():
+                row = {"model": config["model"], "market": config["target_market"], "protocol": protocol,
+                       "train_markets": config["train_markets"], "seed": config["seed"], "phase": phase,
+                       "split": split}
+                row.update({m: metrics.get(m) for m in REPORTED_METRICS})
+                rows.append(row)
+    return rows
+
+
+def format_table(config, rows):
+    """The closing table; its title names the protocol(s) and the seed."""
+    protocols = sorted({r["protocol"] for r in rows})
+    title = (f"{config['model']} on target market {config['target_market'].upper()} | "
+             f"protocol: {', '.join(protocols)} | seed {config['seed']} | train_markets={config['train_markets']}")
+    header = ["phase", "protocol", "split"] + list(REPORTED_METRICS)
+    lines = [title, " | ".join(f"{h:>10}" for h in header)]
+    for r in rows:
+        cells = [r["phase"], r["protocol"], r["split"]] + [
+            "" if r[m] is None else f"{r[m]:.4f}" for m in REPORTED_METRICS]
+        lines.append(" | ".join(f"{c:>10}" for c in cells))
+    return "\n".join(lines)
+
+
+def run(model, market=None, config_file_list=None, config_dict=None, phase="both", pretrained=None,
+        test_protocols=None, callback_fn=None, saved=True):
+    """Run ``model`` on target ``market``; returns ``(run_path, rows)``.
+
+    ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
+    """
+    if phase not in PHASES:
+        raise CrossMarketError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
+    config = make_config(model, market, config_file_list, config_dict)
+    for protocol in test_protocols or []:
+        if protocol not in PROTOCOLS:
+            raise CrossMarketError(f"unknown protocol {protocol!r} in test protocols; choose from {', '.join(PROTOCOLS)}")
+    if pretrained is not None and not os.path.isfile(pretrained):
+        raise CrossMarketError(f"--pretrained file {pretrained} does not exist")
+    run_dir = RunDirectory(config)
+    try:
+        logger = _init_logging(run_dir.file("run.log"), config)
+        logger.info(f"run directory: {run_dir.path}")
+        started = time.time()
+        runner = CrossMarketRun(config, run_dir, callback_fn)
+        results = runner.run(phase=phase, pretrained=pretrained, test_protocols=test_protocols)
+        rows = results_rows(config, results)
+        table = format_table(config, rows)
+        logger.info("\n" + table)
+        with open(run_dir.file("results.json"), "w") as f:
+            json.dump({"model": config["model"], "market": config["target_market"], "seed": config["seed"],
+                       "protocol": config["eval_protocol"], "train_markets": config["train_markets"],
+                       "wall_seconds": round(time.time() - started, 1), "results": results}, f, indent=2)
+        with open(run_dir.file("results.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        with open(run_dir.file("config.json"), "w") as f:
+            json.dump({k: v for k, v in config.final_config_dict.items()
+                       if isinstance(v, (str, int, float, bool, list, dict, type(None)))}, f, indent=2, default=str)
+    except BaseException:
+        run_dir.discard()
+        raise
+    finally:
+        for handler in list(logging.getLogger().handlers):
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logging.getLogger().removeHandler(handler)
+    if not saved:
+        run_dir.discard()
+        return None, rows
+    run_dir.commit()
+    return run_dir.path, rows

@@ -1,0 +1,85 @@
+"""RecBole trainers whose checkpoints load with ``torch.load(weights_only=True)``.
+
+RecBole 1.2.1 pickles its ``Config`` into every checkpoint, which torch >= 2.6
+refuses to load by default (``UnpicklingError``), and which would run arbitrary
+code if it were allowed. Our trainers override one hook, ``_save_checkpoint``,
+to save tensors and plain metadata only; RecBole's own ``evaluate`` and
+``resume_checkpoint`` then load them unchanged.
+"""
+
+import os
+
+import torch
+from recbole.utils import get_trainer as get_recbole_trainer
+
+from recbole_cmr.utils import CrossMarketError
+
+#: Config keys stored in a checkpoint; a checkpoint is reusable only where the split is the same.
+SPLIT_KEYS = ("model", "dataset", "target_market", "source_markets", "split_order", "split_seed", "seed")
+
+
+def checkpoint_metadata(config):
+    """The plain config values that identify the model and the split a checkpoint belongs to."""
+    meta = {key: config[key] for key in SPLIT_KEYS}
+    meta["split_seed"] = config["split_seed"] if config["split_seed"] is not None else config["seed"]
+    return meta
+
+
+def _plain_other_parameter(model):
+    """``other_parameter`` if it is tensors only; otherwise None (the model keeps it in memory)."""
+    other = model.other_parameter()
+    if other and all(value is None or isinstance(value, torch.Tensor) for value in other.values()):
+        return other
+    return None
+
+
+class WeightsOnlyCheckpointMixin:
+    """Overrides RecBole's ``_save_checkpoint``: weights and plain metadata, written atomically."""
+
+    def _save_checkpoint(self, epoch, verbose=True, **kwargs):
+        saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+        state = {
+            "config": checkpoint_metadata(self.config),
+            "epoch": epoch,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": _plain_other_parameter(self.model),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        tmp = saved_model_file + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, saved_model_file)
+        if verbose:
+            self.logger.info(f"Saving current: {saved_model_file}")
+
+
+def get_trainer(config):
+    """RecBole's trainer class for the model, with weights-only checkpoints."""
+    base = get_recbole_trainer(config["MODEL_TYPE"], config["model"])
+    return type(f"CrossMarket{base.__name__}", (WeightsOnlyCheckpointMixin, base), {})
+
+
+def load_checkpoint(path, config):
+    """Load a checkpoint saved by our trainers for the same model and split, or say why not."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CrossMarketError(f"checkpoint {path} does not exist; pass the pretrain.pth of an earlier run") from None
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CrossMarketError(
+            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+            "it must be a pretrain.pth/finetune.pth written by recbole-cmr"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
+        raise CrossMarketError(f"checkpoint {path} was not written by recbole-cmr (no state_dict/config)")
+    expected = checkpoint_metadata(config)
+    mismatched = {k: (checkpoint["config"].get(k), v) for k, v in expected.items()
+                  if k != "seed" and checkpoint["config"].get(k) != v}
+    if mismatched:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
+        raise CrossMarketError(
+            f"checkpoint {path} belongs to another model or split ({details}); a pre-trained model may only be "
+            "fine-tuned on the split it was trained on, otherwise test items leak into training"
+        )
+    return checkpoint

@@ -1,0 +1,53 @@
+"""Train and evaluate a model on the cross-market split.
+
+    python run_recbole_cmr.py --model=ACMR --market=IN
+    python run_recbole_cmr.py --model=EASE --market=JP --protocol=full --train_markets=target
+
+Any other ``--key=value`` is a RecBole config override, as with ``run_recbole``.
+"""
+
+import argparse
+import sys
+import warnings
+
+from recbole_cmr.utils import CrossMarketError
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="recbole-cmr: cross-market recommendation on RecBole")
+    parser.add_argument("--model", "-m", default="ACMR", help="ACMR or any RecBole model name (default ACMR)")
+    parser.add_argument("--market", default="in", help="target market, case-insensitive (default IN)")
+    parser.add_argument("--dataset", "-d", default="xmarket", help="dataset name under data_path (default xmarket)")
+    parser.add_argument("--protocol", default=None, help="evaluation protocol: paper, market (default) or full")
+    parser.add_argument("--test_protocols", default=None,
+                        help="comma list: also test the selected model under these protocols, e.g. paper,market,full")
+    parser.add_argument("--config_files", default=None, help="space or comma separated yaml files")
+    parser.add_argument("--phase", default="both", help="two-phase models: both (default), pretrain or finetune")
+    parser.add_argument("--pretrained", default=None, help="pretrain.pth to fine-tune from (skips pre-training)")
+    args, unknown = parser.parse_known_args(argv)
+    return args, unknown
+
+
+def main(argv=None):
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    args, _ = parse_args(sys.argv[1:] if argv is None else argv)
+    from recbole_cmr.quick_start import run
+
+    config_dict = {"dataset": args.dataset}
+    if args.protocol is not None:
+        config_dict["eval_protocol"] = args.protocol.lower()
+    files = args.config_files.replace(",", " ").split() if args.config_files else None
+    tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
+    try:
+        path, _ = run(args.model, args.market, files, config_dict, phase=args.phase,
+                      pretrained=args.pretrained, test_protocols=tests)
+    except CrossMarketError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"run directory: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
