@@ -32,7 +32,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     args, _ = parse_args(sys.argv[1:] if argv is None else argv)
-    from recbole_cmr.quick_start import run
+    from recbole_cmr.quick_start import format_table, run
 
     config_dict = {"dataset": args.dataset}
     if args.protocol is not None:
@@ -40,11 +40,12 @@ def main(argv=None):
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
     try:
-        path, _ = run(args.model, args.market, files, config_dict, phase=args.phase,
+        path, rows = run(args.model, args.market, files, config_dict, phase=args.phase,
                       pretrained=args.pretrained, test_protocols=tests)
     except CrossMarketError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print(format_table(rows))
     print(f"run directory: {path}")
     return 0
 

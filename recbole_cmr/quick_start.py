@@ -210,11 +210,12 @@ def results_rows(config, results):
     return rows
 
 
-def format_table(config, rows):
+def format_table(rows):
     """The closing table; its title names the protocol(s) and the seed."""
     protocols = sorted({r["protocol"] for r in rows})
-    title = (f"{config['model']} on target market {config['target_market'].upper()} | "
-             f"protocol: {', '.join(protocols)} | seed {config['seed']} | train_markets={config['train_markets']}")
+    first = rows[0]
+    title = (f"{first['model']} on target market {first['market'].upper()} | "
+             f"protocol: {', '.join(protocols)} | seed {first['seed']} | train_markets={first['train_markets']}")
     header = ["phase", "protocol", "split"] + list(REPORTED_METRICS)
     lines = [title, " | ".join(f"{h:>10}" for h in header)]
     for r in rows:
@@ -246,7 +247,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         runner = CrossMarketRun(config, run_dir, callback_fn)
         results = runner.run(phase=phase, pretrained=pretrained, test_protocols=test_protocols)
         rows = results_rows(config, results)
-        table = format_table(config, rows)
+        table = format_table(rows)
         logger.info("\n" + table)
         with open(run_dir.file("results.json"), "w") as f:
             json.dump({"model": config["model"], "market": config["target_market"], "seed": config["seed"],
@@ -272,3 +273,4 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         return None, rows
     run_dir.commit()
     return run_dir.path, rows
+

@@ -1,7 +1,8 @@
 """Errors and lookups shared by the plugin's modules."""
 
 import difflib
-import importlib
+import os
+import re
 import pkgutil
 
 import recbole.model
@@ -20,12 +21,16 @@ def plugin_model_names():
 
 
 def recbole_model_names():
-    """Names of RecBole's built-in models (module names, lower case)."""
+    """Class names of RecBole's built-in models, read from their source files without importing them."""
     names = []
-    for pkg in pkgutil.iter_modules(recbole.model.__path__):
+    root = recbole.model.__path__[0]
+    for pkg in pkgutil.iter_modules([root]):
         if pkg.ispkg and pkg.name.endswith("_recommender"):
-            sub = importlib.import_module(f"recbole.model.{pkg.name}")
-            names += [m.name for m in pkgutil.iter_modules(sub.__path__) if not m.ispkg]
+            folder = os.path.join(root, pkg.name)
+            for module in pkgutil.iter_modules([folder]):
+                with open(os.path.join(folder, module.name + ".py"), encoding="utf-8") as f:
+                    classes = re.findall(r"^class (\w+)\(", f.read(), flags=re.M)
+                names += [c for c in classes if c.lower() == module.name] or [module.name]
     return names
 
 
@@ -36,7 +41,7 @@ def get_model(model_name):
         return plugin[model_name]
     try:
         return get_recbole_model(model_name)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, ImportError):  # RecBole imports lightgbm/xgboost while searching
         pass
     known = list(plugin) + recbole_model_names()
     close = difflib.get_close_matches(model_name.lower(), [k.lower() for k in known], n=3, cutoff=0.6)

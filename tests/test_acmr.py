@@ -1,0 +1,193 @@
+"""ACMR: the model's invariances, the two-phase runner and its bad-input errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from recbole.utils import init_seed
+
+from recbole_cmr.data.dataset import CrossMarketDataset
+from recbole_cmr.data.protocol import data_preparation
+from recbole_cmr.model import ACMR
+from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, run
+from recbole_cmr.utils import CrossMarketError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def acmr(tiny_config):
+    config = tiny_config("ACMR", embedding_size=8, n_heads=2, n_layers=2)
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    model = ACMR(config, train.dataset)
+    return model, train
+
+
+def test_shapes_and_loss(acmr):
+    model, train = acmr
+    batch = next(iter(train))
+    loss = model.calculate_loss(batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.item_embedding.weight.grad is not None
+    model.eval()
+    assert model.predict(batch).shape == (len(batch),)
+
+
+def test_padding_and_history_order_do_not_change_a_score(acmr):
+    model, _ = acmr
+    model.eval()
+    sequences = torch.tensor([[5, 7, 9, 11, 0], [6, 8, 0, 0, 0]])
+    markets = torch.tensor([1, 2])
+    with torch.no_grad():
+        base = model._encode(sequences, markets)
+        padded = model._encode(torch.cat([sequences, torch.zeros(2, 4, dtype=torch.long)], 1), markets)
+        reordered = model._encode(torch.tensor([[5, 11, 9, 7, 0], [6, 0, 8, 0, 0]]), markets)
+    assert torch.allclose(base, padded, atol=1e-5)
+    assert torch.allclose(base, reordered, atol=1e-5)
+
+
+def test_bucketing_does_not_change_scores(acmr):
+    model, train = acmr
+    model.eval()
+    batch = next(iter(train))
+    with torch.no_grad():
+        model.bucket_rows = 3
+        small = model.predict(batch)
+        model.bucket_rows = 4096
+        large = model.predict(batch)
+    assert torch.allclose(small, large, atol=1e-5)
+
+
+def test_training_positive_never_sees_itself(acmr):
+    model, train = acmr
+    batch = next(iter(train))
+    users, items, labels = batch["user_id"], batch["item_id"], batch["label"]
+    n_pos = int(labels.sum())
+    # RecBole's point-wise layout that calculate_loss relies on: negatives repeat their positive's user
+    assert labels[:n_pos].all() and not labels[n_pos:].any()
+    rows = torch.arange(len(users))
+    assert torch.equal(users, users[rows % n_pos])
+    positives = items[rows % n_pos]
+    history = model._histories(users, exclude=positives)
+    assert not (history == positives.unsqueeze(1)).any()
+    kept = model._histories(users[:n_pos])  # released behaviour: the positive is in its own history
+    assert (kept == items[:n_pos].unsqueeze(1)).any(1).all()
+
+
+def test_long_histories_keep_a_subset(tiny_config):
+    config = tiny_config("ACMR", embedding_size=8, n_heads=2, n_layers=1, max_history_len=2)
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    train, _, _ = data_preparation(config, dataset)
+    model = ACMR(config, train.dataset).eval()
+    users = torch.arange(1, dataset.user_num)
+    first, second = model._histories(users), model._histories(users)
+    assert first.shape[1] == 2 and torch.equal(first, second)
+    full, lengths = dataset.train_history()
+    for u, row in zip(users.tolist(), first.tolist()):
+        assert set(row) - {0} <= set(full[u, : lengths[u]].tolist())
+
+
+def tiny_acmr_dict(tiny_root, tmp_path, **overrides):
+    config = {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 2,
+              "eval_neg_num": 20, "state": "WARNING", "embedding_size": 8, "n_heads": 2, "n_layers": 1}
+    config.update(overrides)
+    return config
+
+
+def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
+    scores = []
+    path, rows = run("ACMR", "BB", config_dict=tiny_acmr_dict(tiny_root, tmp_path, state="INFO"),
+                     test_protocols=["market", "paper", "full"],
+                     callback_fn=lambda phase, epoch, score: scores.append((phase, score)))
+    assert os.path.isdir(path) and not path.endswith(".incomplete")
+    assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "pretrain.pth", "results.csv",
+                                        "results.json", "run.log"]
+    assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
+    assert {(r["phase"], r["protocol"], r["split"]) for r in rows} == {
+        (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full") for sp in ("valid", "test")}
+    results = json.load(open(os.path.join(path, "results.json")))
+    assert results["protocol"] == "market" and results["seed"] == 2020
+    pretrain_scores = [s for phase, s in scores if phase == "pretrain"]
+    checkpoint = torch.load(os.path.join(path, "pretrain.pth"), weights_only=True)
+    assert checkpoint["best_valid_score"] == pytest.approx(max(pretrain_scores))
+    assert "ACMR on target market BB | protocol: full, market, paper | seed 2020" in open(
+        os.path.join(path, "run.log")).read()
+
+
+def test_finetune_starts_from_best_pretrained_weights(tiny_root, tmp_path):
+    path, _ = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path), phase="pretrain")
+    pretrained = os.path.join(path, "pretrain.pth")
+    assert not os.path.exists(os.path.join(path, "finetune.pth"))
+    from recbole_cmr.quick_start import make_config
+
+    config = make_config("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path))
+    runner = CrossMarketRun(config, RunDirectory(config))
+    runner._load_pretrained(pretrained)
+    saved = torch.load(pretrained, weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in runner.model.state_dict().items())
+    runner.run_dir.discard()
+    # and the main path fine-tunes from it
+    path2, rows = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path), phase="finetune",
+                      pretrained=pretrained)
+    assert {r["phase"] for r in rows} == {"finetune"}
+
+
+def test_same_seed_same_metrics(tiny_root, tmp_path):
+    _, first = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=3), saved=False)
+    _, second = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=3), saved=False)
+    assert first == second
+
+
+def test_ablation_switches(tiny_root, tmp_path):
+    _, rows = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, finetune=False,
+                                                           use_market_embedding=False), saved=False)
+    assert {r["phase"] for r in rows} == {"train"}
+    _, rows = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, train_markets="source"),
+                  saved=False)
+    assert {r["phase"] for r in rows} == {"pretrain", "finetune"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"n_heads": 3}, "n_heads \\(3\\) must be a positive divisor of embedding_size \\(8\\)"),
+    ({"max_history_len": 0}, "max_history_len \\(SL\\) must be >= 1"),
+    ({"learning_rate": 0}, "learning_rate must be > 0"),
+    ({"dropout_prob": 1.5}, "dropout_prob must be in \\[0, 1\\)"),
+])
+def test_impossible_hyper_parameters(tiny_root, tmp_path, overrides, message):
+    with pytest.raises(CrossMarketError, match=message):
+        run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, **overrides))
+    assert not os.path.exists(tmp_path / "saved") or os.listdir(tmp_path / "saved") == []
+
+
+def test_bad_pretrained_files(tiny_root, tmp_path):
+    with pytest.raises(CrossMarketError, match="does not exist"):
+        run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path), pretrained=str(tmp_path / "nope.pth"))
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(CrossMarketError, match="cannot be read"):
+        run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path), pretrained=str(corrupt))
+    path, _ = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, epochs=1), phase="pretrain")
+    with pytest.raises(CrossMarketError, match="belongs to another model or split .*split_seed"):
+        run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=99),
+            pretrained=os.path.join(path, "pretrain.pth"))
+    assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=ACMRR"], "unknown model 'ACMRR'. Did you mean: ACMR"),
+    (["--market=XX"], "unknown market 'xx'; the dataset 'xmarket' has markets: ca, de, fr, in, jp, mx, uk"),
+    (["--protocol=random"], "unknown eval_protocol 'random'"),
+])
+def test_cli_bad_input(tmp_path, args, message):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), *args,
+                          f"--checkpoint_dir={tmp_path / 'saved'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert not (tmp_path / "saved").exists() or os.listdir(tmp_path / "saved") == []

@@ -1,0 +1,86 @@
+"""What each evaluation protocol puts in front of a model."""
+
+import numpy as np
+import pytest
+import torch
+from recbole.utils import init_seed
+
+from recbole_cmr.data.dataset import CrossMarketDataset
+from recbole_cmr.data.protocol import eval_dataloaders
+
+
+def loaders(config):
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    built = dataset.build()
+    return dataset, built, eval_dataloaders(config, dataset, built)
+
+
+def items_of_users(dataset):
+    """All items of every user, over the whole (unsplit) data."""
+    out = {}
+    for u, i in zip(dataset.inter_feat[dataset.uid_field].numpy(), dataset.inter_feat[dataset.iid_field].numpy()):
+        out.setdefault(int(u), set()).add(int(i))
+    return out
+
+
+def candidates(loader):
+    """user -> (positive item, list of negatives) as the evaluation batches present them."""
+    out = {}
+    for interaction, _, _, _ in loader:
+        users, items, labels = (interaction[k].numpy() for k in ("user_id", "item_id", "label"))
+        for u, i, label in zip(users, items, labels):
+            pos, negs = out.setdefault(int(u), [None, []])
+            if label == 1:
+                out[int(u)][0] = int(i)
+            else:
+                negs.append(int(i))
+    return out
+
+
+@pytest.mark.parametrize("protocol", ["market", "paper"])
+def test_negatives_per_protocol(tiny_config, protocol):
+    config = tiny_config(eval_protocol=protocol)
+    dataset, built, (valid, test) = loaders(config)
+    user_items = items_of_users(dataset)
+    target_items = set(dataset.target_items.tolist())
+    union_of_negatives = set()
+    for loader in (valid, test):
+        seen = candidates(loader)
+        assert set(seen) == set(built[1].inter_feat["user_id"].numpy().tolist())
+        for user, (positive, negatives) in seen.items():
+            assert positive is not None and len(negatives) == config["eval_neg_num"]
+            assert len(set(negatives)) == len(negatives)
+            assert not set(negatives) & user_items[user], "a negative is one of the user's items"
+            if protocol == "market":
+                assert set(negatives) <= target_items
+            union_of_negatives |= set(negatives)
+    if protocol == "paper":
+        assert union_of_negatives - target_items, "paper negatives come from all markets' items"
+
+
+def test_negatives_are_fixed_and_seeded(tiny_config):
+    first = candidates(loaders(tiny_config(eval_protocol="market"))[2][1])
+    again = candidates(loaders(tiny_config(eval_protocol="market"))[2][1])
+    other = candidates(loaders(tiny_config(eval_protocol="market", seed=7))[2][1])
+    assert first == again
+    assert first != other
+
+
+def test_full_ranks_exactly_the_target_items(tiny_config):
+    dataset, built, (valid, test) = loaders(tiny_config(eval_protocol="full"))
+    target_items = set(dataset.target_items.tolist())
+    history, lengths = dataset.train_history()
+    for phase, loader in (("valid", valid), ("test", test)):
+        for user_df, (hist_u, hist_i), positive_u, positive_i in loader:
+            users = user_df["user_id"].numpy()
+            masked = torch.zeros(len(users), dataset.item_num, dtype=torch.bool)
+            masked[hist_u, hist_i] = True
+            masked[:, 0] = True
+            for row, user in enumerate(users):
+                ranked = set(np.flatnonzero(~masked[row].numpy()).tolist())
+                known = set(history[user, : lengths[user]].tolist())
+                if phase == "test":
+                    known |= set(built[1].inter_feat["item_id"][built[1].inter_feat["user_id"] == user].tolist())
+                assert ranked == target_items - known
+            assert set(positive_i.tolist()) <= target_items
