@@ -24,6 +24,9 @@ def parse_args(argv):
     parser.add_argument("--config_files", default=None, help="space or comma separated yaml files")
     parser.add_argument("--phase", default="both", help="two-phase models: both (default), pretrain or finetune")
     parser.add_argument("--pretrained", default=None, help="pretrain.pth to fine-tune from (skips pre-training)")
+    parser.add_argument("--tune", default=None, help="run a Ray Tune search described by this yaml (see props/tune/)")
+    parser.add_argument("--ray_address", "--ray-address", default=None,
+                        help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray instance)")
     args, unknown = parser.parse_known_args(argv)
     return args, unknown
 
@@ -33,6 +36,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=UserWarning)
     args, _ = parse_args(sys.argv[1:] if argv is None else argv)
     from recbole_cmr.quick_start import format_table, run
+    from recbole_cmr.tune import tune_model
 
     config_dict = {"dataset": args.dataset}
     if args.protocol is not None:
@@ -40,6 +44,11 @@ def main(argv=None):
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
     try:
+        if args.tune:
+            out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address)
+            print(open(f"{out}/summary.md").read())
+            print(f"search directory: {out}")
+            return 0
         path, rows = run(args.model, args.market, files, config_dict, phase=args.phase,
                       pretrained=args.pretrained, test_protocols=tests)
     except CrossMarketError as err:

@@ -145,6 +145,9 @@ class CrossMarketRun:
     def _fit(self, phase, train_data):
         trainer = get_trainer(self.config)(self.config, self.model)
         trainer.saved_model_file = self.run_dir.file(f"{phase}.pth")
+        if phase == "pretrain" and self.config["pretrain_epochs"]:
+            trainer.epochs = int(self.config["pretrain_epochs"])
+            trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None
         trainer.fit(train_data, self.valid_data, saved=True, show_progress=self.config["show_progress"],
@@ -152,7 +155,12 @@ class CrossMarketRun:
         return trainer
 
     def _evaluate(self, trainer, test_protocols):
-        """Valid and test metrics of the phase's best checkpoint, per requested protocol."""
+        """Valid and test metrics of the phase's best checkpoint, per requested protocol.
+
+        With no test protocols (searches) only the configured protocol's valid metrics are computed.
+        """
+        if not test_protocols:
+            return {self.config["eval_protocol"]: {"valid": _flat(trainer.evaluate(self.valid_data))}}
         results = {}
         for protocol in test_protocols:
             if protocol == self.config["eval_protocol"]:
@@ -176,7 +184,6 @@ class CrossMarketRun:
 
     def run(self, phase="both", pretrained=None, test_protocols=None):
         """Train and evaluate; returns ``{phase: {protocol: {valid|test: metrics}}}``."""
-        test_protocols = list(test_protocols or [self.config["eval_protocol"]])
         two_phase = bool(self.config["finetune"]) and self.config["finetune"] is not None
         results = {}
         if not two_phase:
@@ -229,12 +236,17 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         test_protocols=None, callback_fn=None, saved=True):
     """Run ``model`` on target ``market``; returns ``(run_path, rows)``.
 
+    ``test_protocols``: protocols to test the selected model under (default: the configured one);
+    an empty list computes no test metric at all (hyper-parameter searches).
+    ``callback_fn(phase, epoch, valid_score)`` is called after every validation.
     ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
     """
     if phase not in PHASES:
         raise CrossMarketError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
     config = make_config(model, market, config_file_list, config_dict)
-    for protocol in test_protocols or []:
+    if test_protocols is None:
+        test_protocols = [config["eval_protocol"]]
+    for protocol in test_protocols:
         if protocol not in PROTOCOLS:
             raise CrossMarketError(f"unknown protocol {protocol!r} in test protocols; choose from {', '.join(PROTOCOLS)}")
     if pretrained is not None and not os.path.isfile(pretrained):

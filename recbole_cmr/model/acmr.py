@@ -27,7 +27,8 @@ class Dropout(nn.Dropout):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # multiplying by a bool mask keeps only the 1-byte mask for backward
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
 
 
 class TransformerLayer(nn.Module):
@@ -51,8 +52,12 @@ class TransformerLayer(nn.Module):
         """``x``: [b, n, d]; ``attention_bias``: [b, 1, 1, n], 0 for real positions and -inf for padding."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        weights = torch.softmax(q @ k.transpose(-1, -2) * self.head_dim ** -0.5 + attention_bias, dim=-1)
-        attended = (self.attention_dropout(weights) @ v).transpose(1, 2).reshape(b, n, d)
+        bias = attention_bias.expand(b, self.n_heads, 1, n).reshape(b * self.n_heads, 1, n)
+        scores = torch.baddbmm(bias, q.reshape(-1, n, self.head_dim), k.reshape(-1, n, self.head_dim).transpose(1, 2),
+                               alpha=self.head_dim ** -0.5)
+        weights = self.attention_dropout(torch.softmax(scores, dim=-1))
+        attended = (weights @ v.reshape(-1, n, self.head_dim)).view(b, self.n_heads, n, self.head_dim)
+        attended = attended.transpose(1, 2).reshape(b, n, d)
         x = self.attention_norm(x + self.residual_dropout(self.attention_out(attended)))
         ffn = self.ffn_out(self.ffn_dropout(torch.relu(self.ffn_in(x))))
         return self.ffn_norm(x + self.residual_dropout(ffn))

@@ -1,0 +1,247 @@
+"""Ray Tune searches for any model on the cross-market split, selected on valid only.
+
+A search file (yaml, see ``props/tune/``)::
+
+    metric: NDCG@5            # valid metric to maximise (becomes valid_metric)
+    search: random            # random (also runs grid entries) | hyperopt | optuna
+    num_samples: 8            # samples of the random/hyperopt/optuna part
+    scheduler: asha           # asha (stops bad trials early) | fifo
+    grace_period: 1           # asha: epochs every trial gets
+    resources_per_trial: {cpu: 1, gpu: 0}
+    fixed: {epochs: 5}        # config for every trial
+    space:                    # one distribution per parameter
+      learning_rate: {loguniform: [0.0001, 0.01]}
+      n_layers: {choice: [1, 2, 4]}
+      embedding_size: {grid: [16, 32]}
+      dropout_prob: {uniform: [0.1, 0.5]}
+      max_history_len: {randint: [20, 61]}
+
+Every trial reports its valid metric after each epoch of each phase (so ASHA
+can stop it), and never computes a test metric. After the search the best
+configuration is written as ``best.yaml`` (usable with ``--config_files``) and
+run once more in the driver with test metrics. Re-running a search command
+starts a new search in a new directory (searches are not resumed).
+"""
+
+import copy
+import csv
+import json
+import os
+import time
+
+import yaml
+
+from recbole_cmr.quick_start import REPORTED_METRICS, make_config, run
+from recbole_cmr.utils import CrossMarketError
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
+SEARCHES = ("random", "hyperopt", "optuna")
+SCHEDULERS = ("asha", "fifo")
+DEFAULTS = {"metric": "NDCG@5", "search": "random", "num_samples": 4, "scheduler": "asha", "grace_period": 1,
+            "resources_per_trial": {"cpu": 1, "gpu": 0}, "fixed": {}}
+
+
+def load_search(path):
+    """Read a search file; every mistake is reported before Ray starts."""
+    try:
+        with open(path) as f:
+            search = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise CrossMarketError(f"search file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise CrossMarketError(f"search file {path} is not valid yaml: {err}") from None
+    unknown = set(search) - set(DEFAULTS) - {"space"}
+    if unknown:
+        raise CrossMarketError(f"search file {path}: unknown key(s) {sorted(unknown)}; "
+                               f"known: {sorted(set(DEFAULTS) | {'space'})}")
+    search = {**copy.deepcopy(DEFAULTS), **search}
+    if not isinstance(search.get("space"), dict) or not search["space"]:
+        raise CrossMarketError(f"search file {path}: 'space' must map parameters to distributions")
+    if search["search"] not in SEARCHES:
+        raise CrossMarketError(f"search file {path}: search must be one of {', '.join(SEARCHES)}")
+    if search["scheduler"] not in SCHEDULERS:
+        raise CrossMarketError(f"search file {path}: scheduler must be one of {', '.join(SCHEDULERS)}")
+    if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
+        raise CrossMarketError(f"search file {path}: num_samples must be an integer >= 1")
+    for name, spec in search["space"].items():
+        check_distribution(name, spec)
+    return search
+
+
+def check_distribution(name, spec):
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise CrossMarketError(f"parameter {name!r}: give exactly one distribution, e.g. {{choice: [1, 2]}}")
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        raise CrossMarketError(f"parameter {name!r}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise CrossMarketError(f"parameter {name!r}: {kind} needs a non-empty list of values")
+        return
+    if not isinstance(args, list) or len(args) != 2 or not all(isinstance(a, (int, float)) for a in args):
+        raise CrossMarketError(f"parameter {name!r}: {kind} needs [low, high]")
+    low, high = args
+    if low >= high:
+        raise CrossMarketError(f"parameter {name!r}: {kind} needs low < high, got [{low}, {high}]")
+    if kind == "loguniform" and low <= 0:
+        raise CrossMarketError(f"parameter {name!r}: loguniform needs low > 0, got {low}")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise CrossMarketError(f"parameter {name!r}: randint needs integer bounds")
+
+
+def check_parameters(search, model, market, config_files, config_dict):
+    """Every searched parameter must be a config key of the model; also validates the fixed config."""
+    config = make_config(model, market, config_files, {**config_dict, **search["fixed"]})
+    missing = [name for name in search["space"] if name not in config.final_config_dict]
+    if missing:
+        raise CrossMarketError(f"model {model} has no parameter(s) {missing}; searchable keys are those of "
+                               f"RecBole's and the plugin's yaml for {model}")
+    return config
+
+
+def param_space(search):
+    from ray import tune
+
+    build = {"choice": tune.choice, "grid": tune.grid_search, "uniform": lambda a: tune.uniform(*a),
+             "loguniform": lambda a: tune.loguniform(*a), "randint": lambda a: tune.randint(*a)}
+    return {name: build[kind](args) for name, spec in search["space"].items() for kind, args in spec.items()}
+
+
+def _search_algorithm(search):
+    if search["search"] == "random":
+        return None
+    try:
+        if search["search"] == "hyperopt":
+            from ray.tune.search.hyperopt import HyperOptSearch
+
+            return HyperOptSearch()
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch()
+    except (ImportError, AssertionError) as err:
+        raise CrossMarketError(f"search: {search['search']} needs its package installed ({err}); "
+                               "use search: random or pip install it") from None
+
+
+def make_trainable(model, market, config_files, config_dict):
+    """The per-trial function: one run without test metrics, reporting valid after every epoch."""
+
+    def trainable(params):
+        from ray.air import session
+
+        step = {"n": 0}
+
+        def report(phase, epoch, score):
+            step["n"] += 1
+            session.report({"valid_score": score, "phase": phase, "epoch": epoch})
+
+        trial_dict = {**config_dict, **params, "checkpoint_dir": os.path.abspath("checkpoints"), "state": "WARNING"}
+        _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report)
+        final = rows[-1]
+        session.report({"valid_score": final[config_dict["valid_metric"].lower()], "phase": "done",
+                        "epoch": -1, **{f"valid_{m}": final[m] for m in REPORTED_METRICS}})
+
+    return trainable
+
+
+def tune_model(model, market, search_file, config_files=None, config_dict=None, ray_address=None, out_dir=None):
+    """Run a search; returns the results directory. Test metrics only for the selected configuration."""
+    import ray
+    from ray import air, tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    search = load_search(search_file)
+    config_files = [os.path.abspath(f) for f in (config_files or [])]
+    config_dict = dict(config_dict or {})
+    config_dict["valid_metric"] = search["metric"]
+    base = check_parameters(search, model, market, config_files, config_dict)
+    config_dict.setdefault("data_path", os.path.dirname(base["data_path"]))
+    config_dict.update(search["fixed"])
+    out_dir = os.path.abspath(out_dir or os.path.join(
+        base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    os.makedirs(out_dir, exist_ok=False)
+    print(f"new search in {out_dir} (a re-run starts a new search; searches are not resumed)", flush=True)
+
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        if search["scheduler"] == "asha":
+            scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=int(search["grace_period"]),
+                                      max_t=10_000)
+        else:
+            scheduler = FIFOScheduler()
+        resources = {k: v for k, v in search["resources_per_trial"].items() if v}
+        trainable = tune.with_resources(make_trainable(model, market, config_files, config_dict), resources)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(search),
+            tune_config=tune.TuneConfig(metric="valid_score", mode="max", scheduler=scheduler,
+                                        search_alg=_search_algorithm(search), num_samples=search["num_samples"]),
+            run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=0),
+        )
+        grid = tuner.fit()
+    finally:
+        ray.shutdown()
+    return summarize(grid, search, model, market, config_files, config_dict, out_dir)
+
+
+def summarize(grid, search, model, market, config_files, config_dict, out_dir):
+    """Write trials, per-epoch valid metrics, the sorted summary, best.yaml and the best model's test metrics."""
+    names = list(search["space"])
+    trials, epochs = [], []
+    for i, result in enumerate(grid):
+        history = result.metrics_dataframe
+        per_epoch = history[history["phase"] != "done"] if history is not None else []
+        for _, row in (per_epoch.iterrows() if len(per_epoch) else []):
+            epochs.append({"trial": i, "phase": row["phase"], "epoch": int(row["epoch"]),
+                           "valid_score": float(row["valid_score"])})
+        finished = history is not None and (history["phase"] == "done").any()
+        best = float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan")
+        trials.append({"trial": i, **{n: result.config.get(n) for n in names}, "best_valid_score": best,
+                       "epochs_run": len(per_epoch), "stopped_early": not finished,
+                       "error": str(result.error)[:200] if result.error else ""})
+    ok = [t for t in trials if not t["error"] and t["best_valid_score"] == t["best_valid_score"]]
+    if not ok:
+        raise CrossMarketError(f"no trial finished; see the trial errors in {out_dir}")
+    ok.sort(key=lambda t: t["best_valid_score"], reverse=True)
+    _write_csv(os.path.join(out_dir, "trials.csv"), sorted(trials, key=lambda t: -t["best_valid_score"]
+                                                           if t["best_valid_score"] == t["best_valid_score"] else 1))
+    _write_csv(os.path.join(out_dir, "epochs.csv"), epochs)
+    best_params = {n: ok[0][n] for n in names}
+    best_yaml = os.path.join(out_dir, "best.yaml")
+    with open(best_yaml, "w") as f:
+        yaml.safe_dump({**search["fixed"], **best_params}, f, sort_keys=True)
+    _, rows = run(model, market, config_files + [best_yaml],
+                  {k: v for k, v in config_dict.items() if k not in best_params},
+                  callback_fn=None)
+    stopped = sum(t["stopped_early"] and not t["error"] for t in trials)
+    header = f"{len(trials)} trials, {stopped} stopped early by {search['scheduler']}, metric valid {search['metric']}"
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(f"# search: {model} on {market.upper()} | protocol: {rows[0]['protocol']} | {header}\n\n")
+        f.write("| trial | " + " | ".join(names) + " | best valid | epochs | stopped early |\n")
+        f.write("|---|" + "---|" * (len(names) + 3) + "\n")
+        for t in ok:
+            f.write(f"| {t['trial']} | " + " | ".join(str(t[n]) for n in names)
+                    + f" | {t['best_valid_score']:.4f} | {t['epochs_run']} | {t['stopped_early']} |\n")
+        f.write("\nSelected configuration (valid only), then tested once:\n\n")
+        for r in rows:
+            f.write(f"- {r['phase']} {r['split']} ({r['protocol']}): "
+                    + ", ".join(f"{m} {r[m]:.4f}" for m in REPORTED_METRICS) + "\n")
+    with open(os.path.join(out_dir, "best_test.json"), "w") as f:
+        json.dump({"best_params": best_params, "rows": rows, "trials": len(trials), "stopped_early": stopped}, f,
+                  indent=2, default=str)
+    return out_dir
+
+
+def _write_csv(path, rows):
+    if not rows:
+        open(path, "w").close()
+        return
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

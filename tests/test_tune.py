@@ -1,0 +1,89 @@
+"""Ray Tune searches on a real local Ray instance and a real two-node Ray cluster."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import ray
+import yaml
+
+from recbole_cmr.tune import tune_model
+from recbole_cmr.utils import CrossMarketError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_search(tmp_path, space, **extra):
+    path = tmp_path / "search.yaml"
+    search = {"metric": "NDCG@5", "num_samples": 1, "scheduler": "asha", "grace_period": 1,
+              "fixed": {"epochs": 2, "embedding_size": 8, "n_heads": 2, "n_layers": 1, "eval_neg_num": 20}, "space": space}
+    search.update(extra)
+    path.write_text(yaml.safe_dump(search))
+    return str(path)
+
+
+def tiny_dict(tiny_root, tmp_path):
+    return {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved")}
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"learning_rate": {"normal": [0, 1]}}, "unknown distribution 'normal'"),
+    ({"n_layers": {"choice": []}}, "choice needs a non-empty list"),
+    ({"learning_rate": {"uniform": [0.1, 0.01]}}, "needs low < high"),
+    ({"not_a_parameter": {"choice": [1, 2]}}, "has no parameter\\(s\\) \\['not_a_parameter'\\]"),
+])
+def test_bad_search_space_fails_before_any_trial(tiny_root, tmp_path, space, message):
+    with pytest.raises(CrossMarketError, match=message):
+        tune_model("ACMR", "bb", write_search(tmp_path, space), config_dict=tiny_dict(tiny_root, tmp_path))
+    assert not ray.is_initialized()
+    assert not (tmp_path / "saved").exists()
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_local_search_selects_on_valid_and_writes_a_usable_best_yaml(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}, "n_layers": {"choice": [1, 2]}})
+    out = tune_model("ACMR", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path))
+    trials = read_csv(os.path.join(out, "trials.csv"))
+    epochs = read_csv(os.path.join(out, "epochs.csv"))
+    assert len(trials) == 2
+    assert {e["phase"] for e in epochs} == {"pretrain", "finetune"}, "both phases report every epoch"
+    assert all("test" not in key for key in list(trials[0]) + list(epochs[0])), "no test metric during the search"
+    best = max(trials, key=lambda t: float(t["best_valid_score"]))
+    per_trial = {}
+    for e in epochs:
+        per_trial.setdefault(e["trial"], []).append(float(e["valid_score"]))
+    assert float(best["best_valid_score"]) == max(per_trial[best["trial"]])
+    best_yaml = yaml.safe_load(open(os.path.join(out, "best.yaml")))
+    assert best_yaml["learning_rate"] == float(best["learning_rate"])
+    assert best_yaml["n_layers"] == int(best["n_layers"])
+    result = json.load(open(os.path.join(out, "best_test.json")))
+    assert {r["split"] for r in result["rows"]} == {"valid", "test"}
+    # the best configuration runs through the main command
+    cli = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=BB",
+                          f"--config_files={os.path.join(out, 'best.yaml')}", "--dataset=tiny",
+                          f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path / 'cli'}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "protocol: market" in cli.stdout
+
+
+def test_search_on_a_two_node_cluster(tiny_root, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}}, scheduler="fifo")
+        out = tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path),
+                         ray_address=cluster.address)
+        trials = read_csv(os.path.join(out, "trials.csv"))
+        assert len(trials) == 2 and not any(t["error"] for t in trials)
+    finally:
+        cluster.shutdown()
