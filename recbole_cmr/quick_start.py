@@ -19,7 +19,7 @@ import torch
 from recbole.utils import init_seed
 
 from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
-from recbole_cmr.data.dataset import CrossMarketDataset
+from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
 from recbole_cmr.trainer import get_trainer, load_checkpoint
 from recbole_cmr.utils import CrossMarketError
@@ -120,7 +120,7 @@ class CrossMarketRun:
         self.callback_fn = callback_fn
         self.logger = logging.getLogger()
         init_seed(config["seed"], config["reproducibility"])
-        self.dataset = CrossMarketDataset(config)
+        self.dataset = create_dataset(config)
         self.built = self.dataset.build()
         self.logger.info(self._split_summary())
         self.valid_data, self.test_data = eval_dataloaders(config, self.dataset, self.built)

@@ -70,3 +70,40 @@ def test_checkpoints_load_with_weights_only(tiny_config, tmp_path):
     assert "ndcg@10" in result
     trainer.resume_checkpoint(trainer.saved_model_file)
     assert trainer.start_epoch == checkpoint["epoch"] + 1
+
+
+@pytest.mark.parametrize("model, protocol", [
+    ("ItemKNN", "market"), ("NeuMF", "paper"), ("EASE", "full"), ("WideDeep", "market"),
+    ("SASRec", "full"), ("SASRec", "market"), ("BERT4Rec", "paper"),
+])
+def test_more_builtins_end_to_end(tiny_root, tmp_path, model, protocol):
+    _, rows = tiny_run(tiny_root, tmp_path, model, eval_protocol=protocol, epochs=1)
+    assert [r["split"] for r in rows] == ["valid", "test"]
+    assert all(0.0 <= r["ndcg@10"] <= 1.0 for r in rows)
+
+
+def test_sequential_rows_follow_the_split_in_date_order(tiny_config):
+    from recbole_cmr.data.dataset import create_dataset
+
+    config = tiny_config("SASRec")
+    init_seed(config["seed"], True)
+    dataset = create_dataset(config)
+    train, valid, test = dataset.build()
+    plain = {(int(u), int(i)): float(t) for u, i, t in zip(dataset.inter_feat["user_id"].numpy(),
+                                                             dataset.inter_feat["item_id"].numpy(),
+                                                             dataset.inter_feat["timestamp"].numpy())}
+    history, lengths = dataset.train_history()
+    valid_item = dict(zip(valid.inter_feat["user_id"].tolist(), valid.inter_feat["item_id"].tolist()))
+    for part, extra in ((valid, False), (test, True)):
+        for u, i, seq, n in zip(part.inter_feat["user_id"].tolist(), part.inter_feat["item_id"].tolist(),
+                                part.inter_feat["item_id_list"].tolist(), part.inter_feat["item_length"].tolist()):
+            seq = seq[:n]
+            expected = set(history[u, : lengths[u]].tolist()) | ({valid_item[u]} if extra else set())
+            assert set(seq) == expected and i not in seq
+            times = [plain[(u, s)] for s in seq]
+            assert times == sorted(times), "histories are in date order"
+    test_pairs = set(zip(test.inter_feat["user_id"].tolist(), test.inter_feat["item_id"].tolist()))
+    for u, i, seq in zip(train.inter_feat["user_id"].tolist(), train.inter_feat["item_id"].tolist(),
+                         train.inter_feat["item_id_list"].tolist()):
+        assert (u, i) not in test_pairs and not any((u, s) in test_pairs for s in seq)
+        assert (u, valid_item.get(u)) != (u, i)

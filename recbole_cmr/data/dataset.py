@@ -4,7 +4,10 @@ import os
 
 import numpy as np
 import pandas as pd
-from recbole.data.dataset import Dataset
+import torch
+from recbole.data.dataset import Dataset, SequentialDataset
+from recbole.data.interaction import Interaction
+from recbole.utils import ModelType
 
 from recbole_cmr.utils import CrossMarketError
 
@@ -157,3 +160,72 @@ class CrossMarketDataset(Dataset):
         """
         items, _, lengths = self.history_dataset.history_item_matrix()
         return items, lengths
+
+
+class CrossMarketSequentialDataset(CrossMarketDataset, SequentialDataset):
+    """The same split for RecBole's sequential models (SASRec, BERT4Rec, ...).
+
+    Items of a user are put in date order, same-day ties in a seeded random
+    order. A training row predicts one training item from the user's earlier
+    training items; the valid row predicts the valid item from all training
+    items; the test row predicts the test item from the training and valid
+    items. A user's first training item has no history and is not a row.
+    """
+
+    def _change_feat_format(self):
+        Dataset._change_feat_format(self)  # the augmentation happens after the split
+
+    def build(self):
+        super().build()
+        self._aug_presets()
+        feat = self.inter_feat
+        users = feat[self.uid_field].numpy()
+        seed = self.config["split_seed"] if self.config["split_seed"] is not None else self.config["seed"]
+        tie_break = np.random.default_rng(int(seed) + 7).permutation(len(feat))
+        order = np.lexsort((tie_break, feat[self.time_field].numpy(), users))
+        index = self.split_indices()
+        role = np.zeros(len(feat), dtype=np.int8)  # 0 train, 1 valid, 2 test
+        role[index["valid"]], role[index["test"]] = 1, 2
+        train_rows = {"all": None, "target": index["target_train"], "source": index["source"]}
+        keep_train = train_rows[str(self.config["train_markets"]).lower()]
+        keep_train = None if keep_train is None else set(keep_train.tolist())
+        samples = {0: [], 1: [], 2: []}  # role -> [(row, history rows)]
+        start = 0
+        while start < len(order):
+            end = start
+            while end < len(order) and users[order[end]] == users[order[start]]:
+                end += 1
+            rows = order[start:end]
+            seen_train = [r for r in rows if role[r] == 0]
+            before_test = [r for r in rows if role[r] != 2]
+            for position, r in enumerate(seen_train[1:], 1):
+                if keep_train is None or r in keep_train:
+                    samples[0].append((r, seen_train[:position]))
+            for r in rows[role[rows] == 1]:
+                samples[1].append((r, seen_train))
+            for r in rows[role[rows] == 2]:
+                samples[2].append((r, before_test))
+            start = end
+        return [self.copy(self._sequence_rows(samples[role_id])) for role_id in (0, 1, 2)]
+
+    def _sequence_rows(self, samples):
+        """Interaction rows with ``item_id_list``/``item_length`` (last ``MAX_ITEM_LIST_LENGTH`` items)."""
+        items = self.inter_feat[self.iid_field].numpy()
+        target = np.array([r for r, _ in samples], dtype=np.int64)
+        lists = np.zeros((len(samples), self.max_item_list_len), dtype=np.int64)
+        lengths = np.zeros(len(samples), dtype=np.int64)
+        for i, (_, history) in enumerate(samples):
+            history = items[np.asarray(history[-self.max_item_list_len:], dtype=np.int64)]
+            lists[i, : len(history)] = history
+            lengths[i] = len(history)
+        rows = self.inter_feat[torch.from_numpy(target)]
+        rows.update(Interaction({self.item_id_list_field: torch.from_numpy(lists),
+                                 self.item_list_length_field: torch.from_numpy(lengths)}))
+        return rows
+
+
+def create_dataset(config):
+    """The cross-market dataset class that fits the model type."""
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        return CrossMarketSequentialDataset(config)
+    return CrossMarketDataset(config)

@@ -65,8 +65,14 @@ class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
         self.outside_items = torch.from_numpy(np.flatnonzero(outside))
 
     def collate_fn(self, index):
-        user_df, (history_u, history_i), positive_u, positive_i = super().collate_fn(index)
+        user_df, history, positive_u, positive_i = super().collate_fn(index)
         n_users = len(user_df)
+        if history is None:  # sequential models: RecBole masks nothing; mask the user's known items as for the others
+            users = user_df[self.uid_field].tolist()
+            known = [torch.tensor(sorted(self._sampler.used_ids[u] - {int(i)}), dtype=torch.int64)
+                     for u, i in zip(users, positive_i.tolist())]
+            history = (torch.cat([torch.full_like(k, row) for row, k in enumerate(known)]), torch.cat(known))
+        history_u, history_i = history
         outside_u = torch.arange(n_users).repeat_interleave(len(self.outside_items))
         outside_i = self.outside_items.repeat(n_users)
         return user_df, (torch.cat([history_u, outside_u]), torch.cat([history_i, outside_i])), positive_u, positive_i
