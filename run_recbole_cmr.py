@@ -24,6 +24,12 @@ def parse_args(argv):
     parser.add_argument("--config_files", default=None, help="space or comma separated yaml files")
     parser.add_argument("--phase", default="both", help="two-phase models: both (default), pretrain or finetune")
     parser.add_argument("--pretrained", default=None, help="pretrain.pth to fine-tune from (skips pre-training)")
+    parser.add_argument("--compare", action="store_true", help="run a comparison grid (--models, --markets, --seeds)")
+    parser.add_argument("--models", default="ACMR,Pop,EASE", help="compare: comma list of models")
+    parser.add_argument("--markets", default="IN,JP", help="compare: comma list of target markets")
+    parser.add_argument("--seeds", default="2020", help="compare: comma list of seeds")
+    parser.add_argument("--scopes", default="single,++", help="compare: built-ins' training scopes (single, ++)")
+    parser.add_argument("--out", default=None, help="compare: output directory (default saved/compare-<protocol>)")
     parser.add_argument("--tune", default=None, help="run a Ray Tune search described by this yaml (see props/tune/)")
     parser.add_argument("--ray_address", "--ray-address", default=None,
                         help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray instance)")
@@ -44,6 +50,15 @@ def main(argv=None):
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
     try:
+        if args.compare:
+            from recbole_cmr.compare import compare
+
+            out = compare(args.models.split(","), args.markets.split(","), [int(x) for x in args.seeds.split(",")],
+                          (args.protocol or "market").lower(), args.scopes.split(","), args.out,
+                          {"dataset": args.dataset})
+            print(open(f"{out}/table.md").read())
+            print(f"comparison directory: {out}")
+            return 0
         if args.tune:
             out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address)
             print(open(f"{out}/summary.md").read())

@@ -15,12 +15,13 @@ import os
 import shutil
 import time
 
-import torch
+import numpy as np
 from recbole.utils import init_seed
 
 from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
+from recbole_cmr.evaluator import PerUserEvaluator
 from recbole_cmr.trainer import get_trainer, load_checkpoint
 from recbole_cmr.utils import CrossMarketError
 
@@ -128,6 +129,7 @@ class CrossMarketRun:
         model_class = config.model_class
         self.model = model_class(config, self.built[0]).to(config["device"])
         self.logger.info(self.model)
+        self.per_user_test = {}  # protocol -> metric -> per-user test values of the last evaluated phase
 
     def _split_summary(self):
         train, valid, test = self.built
@@ -162,16 +164,17 @@ class CrossMarketRun:
         if not test_protocols:
             return {self.config["eval_protocol"]: {"valid": _flat(trainer.evaluate(self.valid_data))}}
         results = {}
+        trainer.evaluator = PerUserEvaluator(self.config)
         for protocol in test_protocols:
             if protocol == self.config["eval_protocol"]:
                 valid_data, test_data = self.valid_data, self.test_data
             else:
                 valid_data, test_data = eval_dataloaders(protocol_config(self.config, protocol),
                                                          self.dataset, self.built)
-            results[protocol] = {
-                "valid": _flat(trainer.evaluate(valid_data, load_best_model=True)),
-                "test": _flat(trainer.evaluate(test_data, load_best_model=True)),
-            }
+            valid = _flat(trainer.evaluate(valid_data, load_best_model=True))
+            test = _flat(trainer.evaluate(test_data, load_best_model=True))
+            self.per_user_test[protocol] = trainer.evaluator.last_per_user
+            results[protocol] = {"valid": valid, "test": test}
         return results
 
     def _load_pretrained(self, path):
@@ -269,6 +272,10 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        if runner.per_user_test:
+            test_users = np.unique(runner.built[2].inter_feat[config["USER_ID_FIELD"]].numpy())
+            np.savez(run_dir.file("per_user_test.npz"), user_id=test_users,
+                     **{f"{p}/{m}": v for p, by_metric in runner.per_user_test.items() for m, v in by_metric.items()})
         with open(run_dir.file("config.json"), "w") as f:
             json.dump({k: v for k, v in config.final_config_dict.items()
                        if isinstance(v, (str, int, float, bool, list, dict, type(None)))}, f, indent=2, default=str)

@@ -107,8 +107,8 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
                      test_protocols=["market", "paper", "full"],
                      callback_fn=lambda phase, epoch, score: scores.append((phase, score)))
     assert os.path.isdir(path) and not path.endswith(".incomplete")
-    assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "pretrain.pth", "results.csv",
-                                        "results.json", "run.log"]
+    assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "per_user_test.npz", "pretrain.pth",
+                                        "results.csv", "results.json", "run.log"]
     assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
     assert {(r["phase"], r["protocol"], r["split"]) for r in rows} == {
         (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full") for sp in ("valid", "test")}
