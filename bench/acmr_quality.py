@@ -9,7 +9,6 @@ so an interrupted grid resumes. ``<out>.md`` is rewritten after every cell.
 """
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ import warnings
 import numpy as np
 
 from recbole_cmr.quick_start import REPORTED_METRICS, run
+from recbole_cmr.utils import read_csv_rows, write_csv_rows
 
 #: ACMR row of the paper's Table 3: R@5, R@10, N@5, N@10 (paper protocol, mean of five random splits).
 PAPER_ACMR = {
@@ -30,22 +30,6 @@ TABLE_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 PROTOCOLS = ("paper", "market", "full")
 FIELDS = ["model", "market", "seed", "selection", "phase", "protocol", "split", *REPORTED_METRICS, "wall_s",
           "pretrain_epochs"]
-
-
-def read_rows(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def write_rows(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def run_cell(model, market, seed, selection, pretrain_epochs, work_dir):
@@ -117,7 +101,7 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "acmr_quality"))
     args = parser.parse_args(argv)
     work_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
-    rows = read_rows(args.out + ".csv")
+    rows = read_csv_rows(args.out + ".csv")
     done = {(r["model"], r["market"], str(r["seed"]), r["selection"]) for r in rows}
     for market in args.markets.lower().split(","):
         for seed in args.seeds.split(","):
@@ -127,7 +111,7 @@ def main(argv=None):
                         continue
                     print(f"running {model} {market} seed {seed} selection {selection}", flush=True)
                     rows += run_cell(model, market, int(seed), selection, args.pretrain_epochs, work_dir)
-                    write_rows(args.out + ".csv", rows)
+                    write_csv_rows(args.out + ".csv", rows, FIELDS)
                     with open(args.out + ".md", "w") as f:
                         f.write(markdown(rows))
     return 0

@@ -9,7 +9,6 @@ protocol; finished cells are read back from ``results.csv``, so an interrupted
 grid resumes where it stopped.
 """
 
-import csv
 import os
 import shutil
 
@@ -18,7 +17,7 @@ from scipy import stats
 
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.quick_start import make_config, run
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows
 
 SCOPES = {"single": "target", "++": "all"}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -43,22 +42,6 @@ def plan(models, markets, seeds, protocol, scopes, config_dict):
     for market in markets:
         dataset.market_id(market)  # unknown markets list the known ones
     return cells
-
-
-def _read(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _write(path, rows):
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def run_cell(cell, protocol, config_dict, out_dir):
@@ -176,7 +159,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     out_dir = os.path.abspath(out_dir or os.path.join("saved", f"compare-{protocol}"))
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
-    rows = _read(results)
+    rows = read_csv_rows(results)
     if rows and any(r["protocol"] != protocol for r in rows):
         raise CrossMarketError(f"{results} holds another protocol's results; choose another --out")
     done = {(r["label"], r["market"], str(r["seed"])) for r in rows}
@@ -185,7 +168,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
             continue
         print(f"running {cell[0]} on {cell[3].upper()} seed {cell[4]} ({protocol})", flush=True)
         rows += run_cell(cell, protocol, config_dict, out_dir)
-        _write(results, rows)
+        write_csv_rows(results, rows, FIELDS)
         with open(os.path.join(out_dir, "table.md"), "w") as f:
             f.write(markdown(rows, cells, out_dir, protocol, seeds))
         plot(rows, os.path.join(out_dir, "plot.png"), protocol)

@@ -24,7 +24,6 @@ starts a new search in a new directory (searches are not resumed).
 """
 
 import copy
-import csv
 import json
 import os
 import time
@@ -32,7 +31,7 @@ import time
 import yaml
 
 from recbole_cmr.quick_start import REPORTED_METRICS, make_config, run
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.utils import CrossMarketError, write_csv_rows
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SEARCHES = ("random", "hyperopt", "optuna")
@@ -207,9 +206,9 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir):
     if not ok:
         raise CrossMarketError(f"no trial finished; see the trial errors in {out_dir}")
     ok.sort(key=lambda t: t["best_valid_score"], reverse=True)
-    _write_csv(os.path.join(out_dir, "trials.csv"), sorted(trials, key=lambda t: -t["best_valid_score"]
+    write_csv_rows(os.path.join(out_dir, "trials.csv"), sorted(trials, key=lambda t: -t["best_valid_score"]
                                                            if t["best_valid_score"] == t["best_valid_score"] else 1))
-    _write_csv(os.path.join(out_dir, "epochs.csv"), epochs)
+    write_csv_rows(os.path.join(out_dir, "epochs.csv"), epochs)
     best_params = {n: ok[0][n] for n in names}
     best_yaml = os.path.join(out_dir, "best.yaml")
     with open(best_yaml, "w") as f:
@@ -235,13 +234,3 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir):
                   indent=2, default=str)
     return out_dir
 
-
-def _write_csv(path, rows):
-    if not rows:
-        open(path, "w").close()
-        return
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)

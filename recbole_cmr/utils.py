@@ -1,5 +1,6 @@
-"""Errors and lookups shared by the plugin's modules."""
+"""Errors, lookups and result files shared by the plugin's modules."""
 
+import csv
 import difflib
 import os
 import re
@@ -51,3 +52,22 @@ def get_model(model_name):
         f"unknown model {model_name!r}.{hint} Model names are case-sensitive class names, "
         "e.g. ACMR, Pop, BPR, EASE, LightGCN, SASRec (any RecBole model)."
     )
+
+
+def read_csv_rows(path):
+    """Rows of a results CSV as dicts; [] if the file does not exist yet."""
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_csv_rows(path, rows, fields=None):
+    """Write rows atomically (temporary file + rename), so an interrupted run never leaves half a file."""
+    fields = fields or list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
