@@ -148,7 +148,7 @@ class CrossMarketRun:
         trainer = get_trainer(self.config)(self.config, self.model)
         trainer.saved_model_file = self.run_dir.file(f"{phase}.pth")
         if phase == "pretrain" and self.config["pretrain_epochs"]:
-            trainer.epochs = int(self.config["pretrain_epochs"])
+            trainer.epochs = min(trainer.epochs, int(self.config["pretrain_epochs"]))
             trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None
