@@ -49,9 +49,8 @@ class CrossMarketConfig(Config):
         eval_args = dict(self.final_config_dict.get("eval_args") or {})
         eval_args["mode"] = {"valid": mode, "test": mode}
         self.final_config_dict["eval_args"] = eval_args
-        for key in ("target_market",):
-            if self.final_config_dict.get(key) is not None:
-                self.final_config_dict[key] = str(self.final_config_dict[key]).lower()
+        if self.final_config_dict.get("target_market") is not None:
+            self.final_config_dict["target_market"] = str(self.final_config_dict["target_market"]).lower()
         sources = self.final_config_dict.get("source_markets")
         if sources is not None:
             if isinstance(sources, str):

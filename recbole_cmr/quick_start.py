@@ -187,7 +187,7 @@ class CrossMarketRun:
 
     def run(self, phase="both", pretrained=None, test_protocols=None):
         """Train and evaluate; returns ``{phase: {protocol: {valid|test: metrics}}}``."""
-        two_phase = bool(self.config["finetune"]) and self.config["finetune"] is not None
+        two_phase = bool(self.config["finetune"])
         results = {}
         if not two_phase:
             trainer = self._fit("train", train_dataloader(self.config, self.built[0], self.built))
