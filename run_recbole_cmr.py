@@ -30,6 +30,8 @@ def parse_args(argv):
     parser.add_argument("--seeds", default="2020", help="compare: comma list of seeds")
     parser.add_argument("--scopes", default="single,++", help="compare: built-ins' training scopes (single, ++)")
     parser.add_argument("--out", default=None, help="compare: output directory (default saved/compare-<protocol>)")
+    parser.add_argument("--pretrained_dir", default=None,
+                        help="compare: folder of reusable pre-trained checkpoints (default: pretrained/ beside --out)")
     parser.add_argument("--tune", default=None, help="run a Ray Tune search described by this yaml (see props/tune/)")
     parser.add_argument("--ray_address", "--ray-address", default=None,
                         help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray instance)")
@@ -55,7 +57,7 @@ def main(argv=None):
 
             out = compare(args.models.split(","), args.markets.split(","), [int(x) for x in args.seeds.split(",")],
                           (args.protocol or "market").lower(), args.scopes.split(","), args.out,
-                          {"dataset": args.dataset})
+                          {"dataset": args.dataset}, args.pretrained_dir, files)
             print(open(f"{out}/table.md").read())
             print(f"comparison directory: {out}")
             return 0

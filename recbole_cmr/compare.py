@@ -3,14 +3,24 @@
     python run_recbole_cmr.py --compare --models ACMR,Pop,EASE --markets IN,JP --seeds 1,2,3 --protocol market
 
 Built-in models run in each requested scope (``single``: target market only,
-``++``: all markets); two-phase models (ACMR) are cross-market by design and run
-once. Every cell is one ``quick_start.run`` with test metrics under one
-protocol; finished cells are read back from ``results.csv``, so an interrupted
-grid resumes where it stopped.
+``++``: all markets); cross-market models (ACMR, FOREC, MANeuMF, M3Rec) fix
+their own scope and run once. Every cell is one ``quick_start.run`` with test
+metrics under one protocol; finished cells are read back from ``results.csv``,
+so an interrupted grid resumes where it stopped.
+
+Two-phase models keep their pre-trained checkpoint in ``pretrained_dir``
+(default: ``pretrained/`` beside the grid's folder) and later cells with the
+same model, market, seed and settings only fine-tune from it. A pre-training
+that selects its epoch on valid (``pretrain_valid: True``) is reused only
+under the same protocol; one that keeps its last epoch (FOREC) serves every
+protocol.
 """
 
+import hashlib
+import json
 import os
 import shutil
+import time
 
 import numpy as np
 from scipy import stats
@@ -21,42 +31,78 @@ from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows
 
 SCOPES = {"single": "target", "++": "all"}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
-FIELDS = ["label", "model", "scope", "market", "seed", "protocol", "split", *METRICS, "mrr@10"]
+FIELDS = ["label", "model", "scope", "market", "seed", "protocol", "split", *METRICS, "mrr@10", "seconds"]
+#: Table labels of models that are not the published method's own code.
+LABELS = {"M3Rec": "M3Rec (our reconstruction)"}
 
 
-def plan(models, markets, seeds, protocol, scopes, config_dict):
+def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict):
     """Validate the whole grid before running anything; returns the cells in order."""
     for scope in scopes:
         if scope not in SCOPES:
             raise CrossMarketError(f"unknown scope {scope!r}; use single (target market only) or ++ (all markets)")
     cells = []
     for model in models:
-        config = make_config(model, markets[0], config_dict={**config_dict, "eval_protocol": protocol})
-        two_phase = bool(config["finetune"])
-        for scope in (["cross-market"] if two_phase else scopes):
+        config = make_config(model, markets[0], config_file_list, {**config_dict, "eval_protocol": protocol})
+        cross_market = bool(config["finetune"]) or hasattr(config.model_class, "required_train_markets")
+        for scope in (["cross-market"] if cross_market else scopes):
             for market in markets:
                 for seed in seeds:
-                    label = model if two_phase else f"{model} ({scope})"
+                    label = LABELS.get(model, model) if cross_market else f"{model} ({scope})"
                     cells.append((label, model, scope, market, seed))
-    dataset = create_dataset(make_config(models[0], markets[0], config_dict={**config_dict, "state": "WARNING"}))
+    dataset = create_dataset(make_config(models[0], markets[0], config_file_list, {**config_dict, "state": "WARNING"}))
     for market in markets:
         dataset.market_id(market)  # unknown markets list the known ones
     return cells
 
 
-def run_cell(cell, protocol, config_dict, out_dir):
+#: Config keys that never change what a pre-training produces.
+RUN_ONLY_KEYS = {"checkpoint_dir", "state", "show_progress"}
+#: ...and those that only matter when valid selects the pre-training epoch.
+EVALUATION_KEYS = {"eval_protocol", "eval_args", "valid_neg_sample_args", "test_neg_sample_args", "eval_neg_num",
+                   "eval_batch_size", "metrics", "topk", "valid_metric", "valid_metric_bigger", "metric_decimal_place"}
+
+
+def pretrained_name(cell, protocol, config_file_list, config_dict):
+    """File name of a cell's pre-trained checkpoint, keyed by every setting it depends on; None for one phase."""
+    label, model, scope, market, seed = cell
+    config = make_config(model, market, config_file_list,
+                         {**config_dict, "eval_protocol": protocol, "seed": int(seed)})
+    if not config["finetune"]:
+        return None
+    selection = protocol if config["pretrain_valid"] else "last"
+    ignored = RUN_ONLY_KEYS | (EVALUATION_KEYS if selection == "last" else set())
+    settings = {k: v for k, v in config.final_config_dict.items()
+                if k not in ignored and isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
+
+
+def run_cell(cell, protocol, config_file_list, config_dict, out_dir, pretrained_dir):
     label, model, scope, market, seed = cell
     cell_dict = {**config_dict, "eval_protocol": protocol, "seed": int(seed), "state": "WARNING",
                  "checkpoint_dir": os.path.join(out_dir, "runs")}
     if scope in SCOPES:
         cell_dict["train_markets"] = SCOPES[scope]
-    path, rows = run(model, market, config_dict=cell_dict)
+    name = pretrained_name(cell, protocol, config_file_list, cell_dict)
+    cached = os.path.join(pretrained_dir, name) if name else None
+    reuse = cached if cached and os.path.exists(cached) else None
+    if reuse:
+        print(f"  fine-tuning from the pre-trained {cached}", flush=True)
+    started = time.time()
+    path, rows = run(model, market, config_file_list, cell_dict, pretrained=reuse)
+    seconds = round(time.time() - started, 1)
+    if cached and not reuse:
+        os.makedirs(pretrained_dir, exist_ok=True)
+        shutil.copy(os.path.join(path, "pretrain.pth"), cached + ".tmp")
+        os.replace(cached + ".tmp", cached)
     per_user_dir = os.path.join(out_dir, "per_user")
     os.makedirs(per_user_dir, exist_ok=True)
     shutil.copy(os.path.join(path, "per_user_test.npz"), os.path.join(per_user_dir, _cell_name(cell) + ".npz"))
     final = rows[-1]["phase"]
     return [{"label": label, "model": model, "scope": scope, "market": market.lower(), "seed": seed,
-             "protocol": protocol, "split": r["split"], **{m: r[m] for m in (*METRICS, "mrr@10")}}
+             "protocol": protocol, "split": r["split"], **{m: r[m] for m in (*METRICS, "mrr@10")},
+             "seconds": seconds}
             for r in rows if r["phase"] == final]
 
 
@@ -65,36 +111,50 @@ def _cell_name(cell):
     return f"{model}-{scope.replace('+', 'p')}-{market.lower()}-{seed}"
 
 
-def paired_test(out_dir, cells, a_label, b_label, market, metric="ndcg@10"):
+def paired_test(out_dir, rows, a_label, b_label, market, metric="ndcg@10"):
     """Wilcoxon signed-rank test over (seed, user) pairs of two labels' per-user test values."""
+    cells = {(r["label"], str(r["seed"])): (r["label"], r["model"], r["scope"], r["market"], r["seed"])
+             for r in rows if r["market"] == market and r["split"] == "test"}
+
     def load(label, seed):
-        cell = next(c for c in cells if c[0] == label and c[3].lower() == market and c[4] == seed)
-        path = os.path.join(out_dir, "per_user", _cell_name(cell) + ".npz")
+        path = os.path.join(out_dir, "per_user", _cell_name(cells[(label, seed)]) + ".npz")
         if not os.path.exists(path):
             return None
         data = np.load(path)
         return data[next(k for k in data.files if k.endswith("/" + metric))]
 
-    values = {a_label: [], b_label: []}
-    for seed in sorted({c[4] for c in cells}):
+    a, b = [], []
+    for seed in sorted({seed for label, seed in cells if label == a_label} & {seed for label, seed in cells
+                                                                              if label == b_label}):
         pair = load(a_label, seed), load(b_label, seed)
-        if pair[0] is not None and pair[1] is not None:  # only seeds both have finished
-            values[a_label].append(pair[0])
-            values[b_label].append(pair[1])
-    if not values[a_label]:
+        if pair[0] is not None and pair[1] is not None:
+            a.append(pair[0])
+            b.append(pair[1])
+    if not a:
         return None
-    a, b = np.concatenate(values[a_label]), np.concatenate(values[b_label])
+    a, b = np.concatenate(a), np.concatenate(b)
     if len(a) != len(b) or len(a) == 0 or np.allclose(a, b):
         return None
     return float(stats.wilcoxon(a, b).pvalue)
 
 
-def markdown(rows, cells, out_dir, protocol, seeds):
+def _wall_minutes(test_rows):
+    return sum(float(r.get("seconds") or 0) for r in test_rows) / 60
+
+
+def markdown(rows, out_dir, protocol):
     test = [r for r in rows if r["split"] == "test"]
     markets = sorted({r["market"] for r in test})
     labels = list(dict.fromkeys(r["label"] for r in test))
-    out = [f"# Comparison: test metrics, protocol `{protocol}`, seeds {', '.join(map(str, seeds))}\n",
-           "Mean ± std over seeds; the best mean per column is bold. Selection on valid only.\n"]
+    seeds = {m: sorted({str(r["seed"]) for r in test if r["market"] == m}, key=int) for m in markets}
+    if len({tuple(v) for v in seeds.values()}) == 1:
+        seed_text = ", ".join(next(iter(seeds.values())))
+    else:
+        seed_text = "; ".join(f"{m.upper()} {', '.join(v)}" for m, v in seeds.items())
+    out = [f"# Comparison: test metrics, protocol `{protocol}`, seeds {seed_text}\n",
+           "Mean ± std over seeds; the best mean per column is bold. Selection on valid only. "
+           f"Wall time of the {len(test)} finished cells: {_wall_minutes(test):.1f} min on this machine "
+           "(a reused pre-training is counted once).\n"]
     for metric in METRICS:
         out.append(f"\n## {metric} (protocol `{protocol}`)\n")
         out.append("| model | " + " | ".join(m.upper() for m in markets) + " |")
@@ -122,7 +182,7 @@ def markdown(rows, cells, out_dir, protocol, seeds):
             if not others or np.isnan(scores["ACMR"]):
                 continue
             rival = max(others, key=others.get)
-            p = paired_test(out_dir, cells, "ACMR", rival, m)
+            p = paired_test(out_dir, test, "ACMR", rival, m)
             out.append(f"| {m.upper()} | {rival} | {others[rival]:.4f} | {scores['ACMR']:.4f} | "
                        f"{'n/a' if p is None else f'{p:.2g}'} |")
     return "\n".join(out) + "\n"
@@ -152,11 +212,13 @@ def plot(rows, path, protocol):
     plt.close(fig)
 
 
-def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None):
+def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
+            pretrained_dir=None, config_file_list=None):
     """Run (or resume) the grid; returns the output directory."""
     config_dict = dict(config_dict or {})
-    cells = plan(models, markets, seeds, protocol, list(scopes), config_dict)
+    cells = plan(models, markets, seeds, protocol, list(scopes), config_file_list, config_dict)
     out_dir = os.path.abspath(out_dir or os.path.join("saved", f"compare-{protocol}"))
+    pretrained_dir = os.path.abspath(pretrained_dir or os.path.join(os.path.dirname(out_dir), "pretrained"))
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
     rows = read_csv_rows(results)
@@ -167,9 +229,9 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
         if (cell[0], cell[3].lower(), str(cell[4])) in done:
             continue
         print(f"running {cell[0]} on {cell[3].upper()} seed {cell[4]} ({protocol})", flush=True)
-        rows += run_cell(cell, protocol, config_dict, out_dir)
+        rows += run_cell(cell, protocol, config_file_list, config_dict, out_dir, pretrained_dir)
         write_csv_rows(results, rows, FIELDS)
         with open(os.path.join(out_dir, "table.md"), "w") as f:
-            f.write(markdown(rows, cells, out_dir, protocol, seeds))
+            f.write(markdown(rows, out_dir, protocol))
         plot(rows, os.path.join(out_dir, "plot.png"), protocol)
     return out_dir

@@ -16,7 +16,7 @@ import shutil
 import time
 
 import numpy as np
-from recbole.utils import init_seed
+from recbole.utils import ModelType, init_seed
 
 from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
 from recbole_cmr.data.dataset import create_dataset
@@ -54,6 +54,24 @@ def check_training_parameters(config):
         problems.append(f"eval_neg_num must be an integer >= 1, got {config['eval_neg_num']!r}")
     if problems:
         raise CrossMarketError("impossible hyper-parameters: " + "; ".join(problems))
+    check_model_fits(config)
+
+
+def check_model_fits(config):
+    """Reject a model the cross-market split or the chosen scope cannot serve, saying why."""
+    model, scope = config["model"], str(config["train_markets"]).lower()
+    if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
+        raise CrossMarketError(f"{model} is a knowledge-aware model: it needs knowledge-graph files (.kg, .link) "
+                               "that the cross-market data does not have; choose a general, sequential or context model")
+    if config["MODEL_TYPE"] == ModelType.DECISIONTREE:
+        raise CrossMarketError(f"{model} is a decision-tree model (xgboost/lightgbm, trained outside torch); "
+                               "the cross-market runner serves RecBole's torch models only")
+    required = getattr(config.model_class, "required_train_markets", None)
+    if required and scope not in required:
+        raise CrossMarketError(
+            f"{model} is a cross-market model that trains with train_markets: {' or '.join(required)} "
+            f"(see its yaml); it cannot run with train_markets: {scope}"
+        )
 
 
 def protocol_config(config, protocol):
@@ -152,7 +170,9 @@ class CrossMarketRun:
             trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None
-        trainer.fit(train_data, self.valid_data, saved=True, show_progress=self.config["show_progress"],
+        # RecBole's fit without valid data keeps the last epoch's checkpoint
+        valid_data = None if phase == "pretrain" and not self.config["pretrain_valid"] else self.valid_data
+        trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"],
                     callback_fn=callback)
         return trainer
 
@@ -184,6 +204,8 @@ class CrossMarketRun:
         except RuntimeError as err:
             raise CrossMarketError(f"checkpoint {path} does not fit this model's shapes: {err}") from None
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
+        if hasattr(self.model, "start_finetune"):  # e.g. FOREC forks its target-market head here
+            self.model.start_finetune()
 
     def run(self, phase="both", pretrained=None, test_protocols=None):
         """Train and evaluate; returns ``{phase: {protocol: {valid|test: metrics}}}``."""

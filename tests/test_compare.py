@@ -39,3 +39,23 @@ def test_bad_grid_fails_before_running(tiny_root, tmp_path, models, markets, mes
     with pytest.raises(CrossMarketError, match=message):
         compare(models, markets, [1], "market", ["++"], str(tmp_path / "cmp"), tiny_dict(tiny_root))
     assert not (tmp_path / "cmp").exists()
+
+
+def test_two_phase_pretraining_is_reused_where_the_protocol_allows(tiny_root, tmp_path):
+    """FOREC keeps its last pre-training epoch, so both protocols fine-tune from one pre-training;
+    ACMR selects its pre-training epoch on valid, so each protocol pre-trains its own."""
+    settings = {**tiny_dict(tiny_root), "pretrain_epochs": 1}
+    for protocol in ("market", "paper"):
+        compare(["FOREC", "ACMR"], ["bb"], [1], protocol, ["++"], str(tmp_path / protocol), settings)
+    cached = sorted(os.listdir(tmp_path / "pretrained"))
+    assert [name.split("-")[0] for name in cached] == ["ACMR", "ACMR", "FOREC"]
+    assert {name.split("-")[3] for name in cached if name.startswith("ACMR")} == {"market", "paper"}
+
+    def pretrained_runs(protocol, model):
+        runs = [r for r in os.listdir(tmp_path / protocol / "runs") if r.startswith(model)]
+        return [os.path.exists(tmp_path / protocol / "runs" / r / "pretrain.pth") for r in runs]
+
+    assert pretrained_runs("market", "FOREC") == [True] and pretrained_runs("paper", "FOREC") == [False]
+    assert pretrained_runs("paper", "ACMR") == [True]
+    table = open(tmp_path / "paper" / "table.md").read()
+    assert "| FOREC |" in table and "protocol `paper`" in table
