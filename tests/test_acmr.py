@@ -12,6 +12,7 @@ from recbole.utils import init_seed
 from recbole_cmr.data.dataset import CrossMarketDataset
 from recbole_cmr.data.protocol import data_preparation
 from recbole_cmr.model import ACMR
+from recbole_cmr.model.acmr import Dropout
 from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, run
 from recbole_cmr.utils import CrossMarketError
 
@@ -50,6 +51,43 @@ def test_padding_and_history_order_do_not_change_a_score(acmr):
         reordered = model._encode(torch.tensor([[5, 11, 9, 7, 0], [6, 0, 8, 0, 0]]), markets)
     assert torch.allclose(base, padded, atol=1e-5)
     assert torch.allclose(base, reordered, atol=1e-5)
+
+
+def test_dropout_masks_keep_the_distribution():
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.ones(400, 500)
+    y = dropout(x)
+    assert abs(float((y == 0).float().mean()) - 0.3) < 0.005
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.7))
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    dropout.eval()
+    assert torch.equal(dropout(x), x)
+
+
+def test_recomputed_wide_buckets_give_the_same_loss_and_gradients(acmr, monkeypatch):
+    """Wide buckets recompute their layers in backward; with the RNG replayed nothing changes."""
+    import recbole_cmr.model.acmr as acmr_module
+
+    model, train = acmr
+    batch = next(iter(train))
+
+    def loss_and_grads():
+        torch.manual_seed(3)
+        model.zero_grad()
+        loss = model.calculate_loss(batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    stored_loss, stored_grads = loss_and_grads()
+    calls = []
+    original = acmr_module.checkpoint
+    monkeypatch.setattr(acmr_module, "RECOMPUTE_ATTENTION_FLOATS", 0)
+    monkeypatch.setattr(acmr_module, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    recomputed_loss, recomputed_grads = loss_and_grads()
+    assert calls, "every bucket is wide enough to be recomputed"
+    assert torch.equal(stored_loss, recomputed_loss)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(stored_grads, recomputed_grads))
 
 
 def test_bucketing_does_not_change_scores(acmr):

@@ -20,6 +20,9 @@ from torch.utils.checkpoint import checkpoint
 
 from recbole_cmr.utils import CrossMarketError
 
+#: Training buckets whose attention maps exceed this many floats per layer are recomputed in backward.
+RECOMPUTE_ATTENTION_FLOATS = 2**23
+
 
 class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask: four 16-bit uniform draws per 64-bit random word.
@@ -161,7 +164,8 @@ class ACMR(GeneralRecommender):
         attention_bias = attention_bias.masked_fill(padding, float("-inf"))[:, None, None, :]
         # Wide training buckets recompute their layers in backward instead of keeping the
         # attention maps: peak memory stays bounded at ~2% more time (RNG state is replayed).
-        recompute = self.training and torch.is_grad_enabled() and x.shape[0] * self.n_heads * x.shape[1] ** 2 > 2**23
+        attention_floats = x.shape[0] * self.n_heads * x.shape[1] ** 2
+        recompute = self.training and torch.is_grad_enabled() and attention_floats > RECOMPUTE_ATTENTION_FLOATS
         for layer in self.layers:
             x = checkpoint(layer, x, attention_bias, use_reentrant=False) if recompute else layer(x, attention_bias)
         history_mask = (~padding[:, 1:]).unsqueeze(-1).to(x.dtype)
