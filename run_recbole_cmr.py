@@ -57,7 +57,7 @@ def main(argv=None):
 
             out = compare(args.models.split(","), args.markets.split(","), [int(x) for x in args.seeds.split(",")],
                           (args.protocol or "market").lower(), args.scopes.split(","), args.out,
-                          {"dataset": args.dataset}, args.pretrained_dir, files)
+                          {"dataset": args.dataset}, args.pretrained_dir, files, tests)
             print(open(f"{out}/table.md").read())
             print(f"comparison directory: {out}")
             return 0

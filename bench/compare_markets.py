@@ -3,17 +3,16 @@
     python bench/compare_markets.py --markets IN,JP --seeds 2020,2021,2022
     python bench/compare_markets.py --markets DE,FR,CA,MX,UK --seeds 2020
 
-Each protocol's grid lives in ``bench/results/compare-<protocol>/`` (results.csv,
-table.md, plot.png, per-user test metrics); re-running the command skips the
-finished cells, so grids grow market by market and seed by seed. Pre-trained
-checkpoints go to ``bench/work/pretrained`` and are shared by the two protocols
-where that is sound (see ``recbole_cmr.compare``).
+Every model is selected on valid under the sound ``market`` protocol and the
+selected model is tested under ``market`` and under the paper's protocol, so
+one training serves both tables: ``bench/results/compare/`` holds results.csv,
+table.md and plot.png (``market``), table-paper.md and plot-paper.png
+(``paper``) and the per-user test metrics. Re-running the command skips the
+finished cells, so the grid grows market by market and seed by seed.
 
-Settings shared by every model (the grid's caption repeats them):
-``epochs`` caps every training phase, ``stopping_step`` is the patience on
-valid, and ACMR keeps its 4th pre-training epoch (``pretrain_valid: False``)
-so that one pre-training serves both protocols; fine-tuning still selects on
-the protocol's valid.
+Settings shared by every model: ``epochs`` (50) caps every training phase and
+``stopping_step`` (5) is the patience on valid; ACMR keeps its own yaml
+(at most 4 pre-training epochs, patience 5).
 """
 
 import argparse
@@ -25,7 +24,7 @@ import warnings
 from recbole_cmr.compare import compare
 
 MODELS = "ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,LightGCN,SASRec,FOREC,MANeuMF,M3Rec"
-SETTINGS = {"epochs": 50, "stopping_step": 5, "pretrain_valid": False}
+SETTINGS = {"epochs": 50, "stopping_step": 5}
 
 
 def main(argv=None):
@@ -34,17 +33,15 @@ def main(argv=None):
     parser.add_argument("--markets", default="IN,JP")
     parser.add_argument("--seeds", default="2020")
     parser.add_argument("--models", default=MODELS)
-    parser.add_argument("--protocols", default="market,paper")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     work = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
     for market in args.markets.split(","):  # market by market, so every finished market is a complete row set
-        for protocol in args.protocols.split(","):
-            started = time.time()
-            out = compare(args.models.split(","), [market], [int(s) for s in args.seeds.split(",")], protocol,
-                          ("single", "++"), os.path.join(args.results, f"compare-{protocol}"),
-                          {"dataset": "xmarket", **SETTINGS}, os.path.join(work, "pretrained"))
-            print(f"{market} {protocol}: {time.time() - started:.0f} s -> {out}/table.md", flush=True)
+        started = time.time()
+        out = compare(args.models.split(","), [market], [int(s) for s in args.seeds.split(",")], "market",
+                      ("single", "++"), os.path.join(args.results, "compare"), {"dataset": "xmarket", **SETTINGS},
+                      os.path.join(work, "pretrained"), test_protocols=["paper"])
+        print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md", flush=True)
     return 0
 
 

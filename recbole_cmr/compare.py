@@ -4,9 +4,10 @@
 
 Built-in models run in each requested scope (``single``: target market only,
 ``++``: all markets); cross-market models (ACMR, FOREC, MANeuMF, M3Rec) fix
-their own scope and run once. Every cell is one ``quick_start.run`` with test
-metrics under one protocol; finished cells are read back from ``results.csv``,
-so an interrupted grid resumes where it stopped.
+their own scope and run once. Every cell is one ``quick_start.run``: selected
+on valid under the grid's protocol, tested under it and any further test
+protocols (one trained model, several candidate sets). Finished cells are read
+back from ``results.csv``, so an interrupted grid resumes where it stopped.
 
 Two-phase models keep their pre-trained checkpoint in ``pretrained_dir``
 (default: ``pretrained/`` beside the grid's folder) and later cells with the
@@ -26,12 +27,14 @@ import numpy as np
 from scipy import stats
 
 from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.config import PROTOCOLS
 from recbole_cmr.quick_start import make_config, run
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows
 
 SCOPES = {"single": "target", "++": "all"}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
-FIELDS = ["label", "model", "scope", "market", "seed", "protocol", "split", *METRICS, "mrr@10", "seconds"]
+FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol", "split", *METRICS, "mrr@10",
+          "seconds"]
 #: Table labels of models that are not the published method's own code.
 LABELS = {"M3Rec": "M3Rec (our reconstruction)"}
 
@@ -78,7 +81,7 @@ def pretrained_name(cell, protocol, config_file_list, config_dict):
     return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
 
 
-def run_cell(cell, protocol, config_file_list, config_dict, out_dir, pretrained_dir):
+def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_dir, pretrained_dir):
     label, model, scope, market, seed = cell
     cell_dict = {**config_dict, "eval_protocol": protocol, "seed": int(seed), "state": "WARNING",
                  "checkpoint_dir": os.path.join(out_dir, "runs")}
@@ -90,7 +93,7 @@ def run_cell(cell, protocol, config_file_list, config_dict, out_dir, pretrained_
     if reuse:
         print(f"  fine-tuning from the pre-trained {cached}", flush=True)
     started = time.time()
-    path, rows = run(model, market, config_file_list, cell_dict, pretrained=reuse)
+    path, rows = run(model, market, config_file_list, cell_dict, pretrained=reuse, test_protocols=test_protocols)
     seconds = round(time.time() - started, 1)
     if cached and not reuse:
         os.makedirs(pretrained_dir, exist_ok=True)
@@ -101,8 +104,8 @@ def run_cell(cell, protocol, config_file_list, config_dict, out_dir, pretrained_
     shutil.copy(os.path.join(path, "per_user_test.npz"), os.path.join(per_user_dir, _cell_name(cell) + ".npz"))
     final = rows[-1]["phase"]
     return [{"label": label, "model": model, "scope": scope, "market": market.lower(), "seed": seed,
-             "protocol": protocol, "split": r["split"], **{m: r[m] for m in (*METRICS, "mrr@10")},
-             "seconds": seconds}
+             "selected_on": protocol, "protocol": r["protocol"], "split": r["split"],
+             **{m: r[m] for m in (*METRICS, "mrr@10")}, "seconds": seconds}
             for r in rows if r["phase"] == final]
 
 
@@ -111,7 +114,7 @@ def _cell_name(cell):
     return f"{model}-{scope.replace('+', 'p')}-{market.lower()}-{seed}"
 
 
-def paired_test(out_dir, rows, a_label, b_label, market, metric="ndcg@10"):
+def paired_test(out_dir, rows, a_label, b_label, market, protocol, metric="ndcg@10"):
     """Wilcoxon signed-rank test over (seed, user) pairs of two labels' per-user test values."""
     cells = {(r["label"], str(r["seed"])): (r["label"], r["model"], r["scope"], r["market"], r["seed"])
              for r in rows if r["market"] == market and r["split"] == "test"}
@@ -121,7 +124,7 @@ def paired_test(out_dir, rows, a_label, b_label, market, metric="ndcg@10"):
         if not os.path.exists(path):
             return None
         data = np.load(path)
-        return data[next(k for k in data.files if k.endswith("/" + metric))]
+        return data[f"{protocol}/{metric}"]
 
     a, b = [], []
     for seed in sorted({seed for label, seed in cells if label == a_label} & {seed for label, seed in cells
@@ -143,7 +146,9 @@ def _wall_minutes(test_rows):
 
 
 def markdown(rows, out_dir, protocol):
-    test = [r for r in rows if r["split"] == "test"]
+    """Tables of the test metrics measured under ``protocol``."""
+    test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
+    selected_on = sorted({r["selected_on"] for r in test})
     markets = sorted({r["market"] for r in test})
     labels = list(dict.fromkeys(r["label"] for r in test))
     seeds = {m: sorted({str(r["seed"]) for r in test if r["market"] == m}, key=int) for m in markets}
@@ -152,7 +157,8 @@ def markdown(rows, out_dir, protocol):
     else:
         seed_text = "; ".join(f"{m.upper()} {', '.join(v)}" for m, v in seeds.items())
     out = [f"# Comparison: test metrics, protocol `{protocol}`, seeds {seed_text}\n",
-           "Mean ± std over seeds; the best mean per column is bold. Selection on valid only. "
+           "Mean ± std over seeds; the best mean per column is bold. Selection (early stopping, best epoch) on "
+           f"valid only, under protocol `{', '.join(selected_on)}`. "
            f"Wall time of the {len(test)} finished cells: {_wall_minutes(test):.1f} min on this machine "
            "(a reused pre-training is counted once).\n"]
     for metric in METRICS:
@@ -182,19 +188,20 @@ def markdown(rows, out_dir, protocol):
             if not others or np.isnan(scores["ACMR"]):
                 continue
             rival = max(others, key=others.get)
-            p = paired_test(out_dir, test, "ACMR", rival, m)
+            p = paired_test(out_dir, test, "ACMR", rival, m, protocol)
             out.append(f"| {m.upper()} | {rival} | {others[rival]:.4f} | {scores['ACMR']:.4f} | "
                        f"{'n/a' if p is None else f'{p:.2g}'} |")
     return "\n".join(out) + "\n"
 
 
 def plot(rows, path, protocol):
+    """One panel per metric of the test metrics measured under ``protocol``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    test = [r for r in rows if r["split"] == "test"]
+    test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
     markets = sorted({r["market"] for r in test})
     labels = list(dict.fromkeys(r["label"] for r in test))
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5), sharey=False)
@@ -213,25 +220,38 @@ def plot(rows, path, protocol):
 
 
 def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
-            pretrained_dir=None, config_file_list=None):
-    """Run (or resume) the grid; returns the output directory."""
+            pretrained_dir=None, config_file_list=None, test_protocols=None):
+    """Run (or resume) the grid; returns the output directory.
+
+    Every cell selects on valid under ``protocol`` and is tested under ``protocol`` and each of
+    ``test_protocols``; ``table.md``/``plot.png`` show ``protocol``, ``table-<p>.md``/``plot-<p>.png`` the others.
+    """
     config_dict = dict(config_dict or {})
+    tested = list(dict.fromkeys([protocol, *(test_protocols or [])]))
+    for p in tested:
+        if p not in PROTOCOLS:
+            raise CrossMarketError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
     cells = plan(models, markets, seeds, protocol, list(scopes), config_file_list, config_dict)
     out_dir = os.path.abspath(out_dir or os.path.join("saved", f"compare-{protocol}"))
     pretrained_dir = os.path.abspath(pretrained_dir or os.path.join(os.path.dirname(out_dir), "pretrained"))
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
     rows = read_csv_rows(results)
-    if rows and any(r["protocol"] != protocol for r in rows):
-        raise CrossMarketError(f"{results} holds another protocol's results; choose another --out")
-    done = {(r["label"], r["market"], str(r["seed"])) for r in rows}
+    if rows and any(r["selected_on"] != protocol for r in rows):
+        raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
     for cell in cells:
-        if (cell[0], cell[3].lower(), str(cell[4])) in done:
+        key = (cell[0], cell[3].lower(), str(cell[4]))
+        if all(any((r["label"], r["market"], str(r["seed"])) == key and r["protocol"] == p for r in rows)
+               for p in tested):
             continue
-        print(f"running {cell[0]} on {cell[3].upper()} seed {cell[4]} ({protocol})", flush=True)
-        rows += run_cell(cell, protocol, config_file_list, config_dict, out_dir, pretrained_dir)
+        rows = [r for r in rows if (r["label"], r["market"], str(r["seed"])) != key]  # a partial cell is redone
+        print(f"running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on {protocol}, "
+              f"tested on {', '.join(tested)})", flush=True)
+        rows += run_cell(cell, protocol, tested, config_file_list, config_dict, out_dir, pretrained_dir)
         write_csv_rows(results, rows, FIELDS)
-        with open(os.path.join(out_dir, "table.md"), "w") as f:
-            f.write(markdown(rows, out_dir, protocol))
-        plot(rows, os.path.join(out_dir, "plot.png"), protocol)
+        for p in sorted({r["protocol"] for r in rows}):
+            suffix = "" if p == protocol else f"-{p}"
+            with open(os.path.join(out_dir, f"table{suffix}.md"), "w") as f:
+                f.write(markdown(rows, out_dir, p))
+            plot(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
     return out_dir

@@ -16,19 +16,25 @@ def tiny_dict(tiny_root):
 
 def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     out = compare(["ACMR", "Pop"], ["bb", "cc"], [1, 2], "market", ["single", "++"], str(tmp_path / "cmp"),
-                  tiny_dict(tiny_root))
+                  tiny_dict(tiny_root), test_protocols=["paper"])
     table = open(os.path.join(out, "table.md")).read()
     assert "protocol `market`, seeds 1, 2" in table
+    paper_table = open(os.path.join(out, "table-paper.md")).read()
+    assert "protocol `paper`, seeds 1, 2" in paper_table and "under protocol `market`" in paper_table
+    assert paper_table != table and os.path.exists(os.path.join(out, "plot-paper.png"))
     for label in ("ACMR", "Pop (single)", "Pop (++)"):
         assert f"| {label} |" in table
     assert "**" in table and "Wilcoxon" in table
     assert os.path.getsize(os.path.join(out, "plot.png")) > 1000
     per_user = np.load(os.path.join(out, "per_user", "Pop-single-bb-1.npz"))
-    assert len(per_user["market/ndcg@10"]) == len(per_user["user_id"]) == 20
+    assert len(per_user["market/ndcg@10"]) == len(per_user["paper/ndcg@10"]) == len(per_user["user_id"]) == 20
     runs = sorted(os.listdir(os.path.join(out, "runs")))
     assert len(runs) == 12
-    compare(["ACMR", "Pop"], ["bb", "cc"], [1, 2], "market", ["single", "++"], out, tiny_dict(tiny_root))
+    compare(["ACMR", "Pop"], ["bb", "cc"], [1, 2], "market", ["single", "++"], out, tiny_dict(tiny_root),
+            test_protocols=["paper"])
     assert sorted(os.listdir(os.path.join(out, "runs"))) == runs, "a finished grid re-runs nothing"
+    with pytest.raises(CrossMarketError, match="selected under another protocol"):
+        compare(["Pop"], ["bb"], [1], "paper", ["++"], out, tiny_dict(tiny_root))
 
 
 @pytest.mark.parametrize("models, markets, message", [
