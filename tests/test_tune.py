@@ -87,3 +87,13 @@ def test_search_on_a_two_node_cluster(tiny_root, tmp_path):
         assert len(trials) == 2 and not any(t["error"] for t in trials)
     finally:
         cluster.shutdown()
+
+
+@pytest.mark.parametrize("search_file", sorted(os.listdir(os.path.join(REPO, "props", "tune"))))
+def test_shipped_search_files_fit_their_model(tiny_root, tmp_path, search_file):
+    from recbole_cmr.tune import check_parameters, load_search
+
+    model = {"acmr": "ACMR", "ease": "EASE", "lightgcn": "LightGCN", "neumf": "NeuMF", "m3rec": "M3Rec",
+             "forec": "FOREC"}[search_file.split(".")[0].split("_")[0]]
+    search = load_search(os.path.join(REPO, "props", "tune", search_file))
+    check_parameters(search, model, "bb", None, tiny_dict(tiny_root, tmp_path))
