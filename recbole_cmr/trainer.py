@@ -9,7 +9,9 @@ to save tensors and plain metadata only; RecBole's own ``evaluate`` and
 
 import os
 
+import numpy as np
 import torch
+from recbole.utils import EvaluatorType, ModelType
 from recbole.utils import get_trainer as get_recbole_trainer
 
 from recbole_cmr.utils import CrossMarketError
@@ -54,10 +56,35 @@ class WeightsOnlyCheckpointMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
 
+class SequentialCandidateScoringMixin:
+    """Overrides RecBole's ``_neg_sample_batch_eval`` for sequential models under sampled protocols.
+
+    RecBole's ``predict`` re-encodes a user's sequence once per candidate row (100 times per
+    user under ``paper``/``market``); one ``full_sort_predict`` per user gives the same scores.
+    """
+
+    def _neg_sample_batch_eval(self, batched_data):
+        interaction, row_idx, positive_u, positive_i = batched_data
+        if self.config["eval_type"] != EvaluatorType.RANKING:
+            return super()._neg_sample_batch_eval(batched_data)
+        n_users = int(positive_u[-1]) + 1
+        rows = torch.arange(len(row_idx))
+        first_row = torch.full((n_users,), len(row_idx)).scatter_reduce(0, row_idx, rows, "amin")
+        full = self.model.full_sort_predict(interaction[first_row].to(self.device)).view(n_users, -1)
+        col_idx = interaction[self.config["ITEM_ID_FIELD"]]
+        scores = torch.full((n_users, self.tot_item_num), -np.inf, device=self.device)
+        scores[row_idx, col_idx] = full[row_idx, col_idx]
+        return interaction, scores, positive_u, positive_i
+
+
 def get_trainer(config):
-    """RecBole's trainer class for the model, with weights-only checkpoints."""
+    """RecBole's trainer class for the model, with weights-only checkpoints (and one-pass candidate
+    scoring for sequential models)."""
     base = get_recbole_trainer(config["MODEL_TYPE"], config["model"])
-    return type(f"CrossMarket{base.__name__}", (WeightsOnlyCheckpointMixin, base), {})
+    mixins = (WeightsOnlyCheckpointMixin,)
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        mixins += (SequentialCandidateScoringMixin,)
+    return type(f"CrossMarket{base.__name__}", (*mixins, base), {})
 
 
 def load_checkpoint(path, config):

@@ -107,3 +107,21 @@ def test_sequential_rows_follow_the_split_in_date_order(tiny_config):
                          train.inter_feat["item_id_list"].tolist()):
         assert (u, i) not in test_pairs and not any((u, s) in test_pairs for s in seq)
         assert (u, valid_item.get(u)) != (u, i)
+
+
+@pytest.mark.parametrize("model", ["SASRec", "BERT4Rec"])
+def test_sequential_candidates_score_as_recbole_predicts_them(tiny_config, model):
+    """One full-sort pass per user gives exactly the candidate scores RecBole's per-row predict gives."""
+    from recbole_cmr.data.dataset import create_dataset
+
+    config = tiny_config(model, eval_protocol="market")
+    init_seed(config["seed"], True)
+    train, valid, _ = data_preparation(config, create_dataset(config))
+    model = get_model(model)(config, train.dataset).eval()
+    ours, stock = get_trainer(config)(config, model), Trainer(config, model)
+    ours.tot_item_num = stock.tot_item_num = valid.dataset.item_num  # set by evaluate() in RecBole
+    for batch in valid:
+        _, fast, _, _ = ours._neg_sample_batch_eval(batch)
+        _, slow, _, _ = stock._neg_sample_batch_eval(batch)
+        assert torch.isfinite(fast).sum() == len(batch[0]) and torch.equal(torch.isinf(fast), torch.isinf(slow))
+        assert torch.allclose(fast[torch.isfinite(fast)], slow[torch.isfinite(slow)], atol=1e-5)
