@@ -204,17 +204,18 @@ def plot(rows, path, protocol):
     test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
     markets = sorted({r["market"] for r in test})
     labels = list(dict.fromkeys(r["label"] for r in test))
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5), sharey=False)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS) + 2.5, 3.5), sharey=False)
     width = 0.8 / max(len(labels), 1)
+    colors = plt.get_cmap("tab20")
     for ax, metric in zip(axes, METRICS):
         for i, label in enumerate(labels):
             values = [[float(r[metric]) for r in test if r["label"] == label and r["market"] == m] for m in markets]
             ax.bar(np.arange(len(markets)) + i * width, [np.mean(v) if v else 0 for v in values], width,
-                   yerr=[np.std(v) if v else 0 for v in values], label=label)
+                   yerr=[np.std(v) if v else 0 for v in values], label=label, color=colors(i % 20))
         ax.set_xticks(np.arange(len(markets)) + width * (len(labels) - 1) / 2, [m.upper() for m in markets])
         ax.set_title(f"{metric} ({protocol})")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 4 * len(METRICS) / (4 * len(METRICS) + 2.5), 1))
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
