@@ -97,7 +97,7 @@ def test_m3rec_matches_the_full_closed_form(tiny_config):
     assert np.allclose(model.item_weights, B[target], atol=1e-4)
 
 
-def test_m3rec_scales_priors_before_mixing(tiny_config):
+def test_m3rec_keeps_a_zero_diagonal(tiny_config):
     _, _, _, model = built_model(tiny_config, "M3Rec")
     target = model.target_items
     assert np.allclose(model.item_weights[np.arange(len(target)), target], 0.0, atol=1e-5), "zero diagonal"
