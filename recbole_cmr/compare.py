@@ -26,8 +26,8 @@ import time
 import numpy as np
 from scipy import stats
 
-from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.config import PROTOCOLS
+from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.quick_start import make_config, run
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows
 

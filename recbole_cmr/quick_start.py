@@ -38,6 +38,7 @@ def make_config(model, market=None, config_file_list=None, config_dict=None):
     config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],
                                config_file_list=config_file_list, config_dict=config_dict)
     check_training_parameters(config)
+    check_model_fits(config)
     return config
 
 
@@ -54,7 +55,6 @@ def check_training_parameters(config):
         problems.append(f"eval_neg_num must be an integer >= 1, got {config['eval_neg_num']!r}")
     if problems:
         raise CrossMarketError("impossible hyper-parameters: " + "; ".join(problems))
-    check_model_fits(config)
 
 
 def check_model_fits(config):
