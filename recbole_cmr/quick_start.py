@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 from recbole.utils import ModelType, init_seed
+from recbole.utils.logger import RemoveColorFilter
 
 from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
 from recbole_cmr.data.dataset import create_dataset
@@ -121,12 +122,16 @@ def _init_logging(log_file, config):
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
+    console_level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s  %(message)s", "%d %b %H:%M:%S")
-    for handler in (logging.StreamHandler(), logging.FileHandler(log_file)):
+    # ``state`` quiets the console only: the log file keeps every epoch line (quiet grids too).
+    file_handler = logging.FileHandler(log_file)
+    file_handler.addFilter(RemoveColorFilter())  # after the console handler, as in RecBole's own logger
+    for handler, level in ((logging.StreamHandler(), console_level), (file_handler, logging.INFO)):
         handler.setFormatter(fmt)
+        handler.setLevel(level)
         root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(min(console_level, logging.INFO))
     return root
 
 

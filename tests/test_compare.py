@@ -30,6 +30,8 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     assert len(per_user["market/ndcg@10"]) == len(per_user["paper/ndcg@10"]) == len(per_user["user_id"]) == 20
     runs = sorted(os.listdir(os.path.join(out, "runs")))
     assert len(runs) == 12
+    acmr_log = open(os.path.join(out, "runs", runs[0], "run.log")).read()  # quiet console, full log file
+    assert runs[0].startswith("ACMR") and "epoch 0 training" in acmr_log and "phase finetune" in acmr_log
     compare(["ACMR", "Pop"], ["bb", "cc"], [1, 2], "market", ["single", "++"], out, tiny_dict(tiny_root),
             test_protocols=["paper"])
     assert sorted(os.listdir(os.path.join(out, "runs"))) == runs, "a finished grid re-runs nothing"
