@@ -7,7 +7,8 @@ Every model is selected on valid under the sound ``market`` protocol and the
 selected model is tested under ``market`` and under the paper's protocol, so
 one training serves both tables: ``bench/results/compare/`` holds results.csv,
 table.md and plot.png (``market``), table-paper.md and plot-paper.png
-(``paper``) and the per-user test metrics. Re-running the command skips the
+(``paper``), the per-user test metrics and summary.md (test NDCG@10 under both
+protocols side by side, the table the README shows). Re-running the command skips the
 finished cells, so the grid grows market by market and seed by seed.
 
 Settings shared by every model: ``epochs`` (50) caps every training phase and
@@ -20,11 +21,48 @@ import os
 import sys
 import time
 import warnings
+from collections import defaultdict
+
+import numpy as np
 
 from recbole_cmr.compare import compare
+from recbole_cmr.utils import read_csv_rows
 
 MODELS = "ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,LightGCN,SASRec,FOREC,MANeuMF,M3Rec"
 SETTINGS = {"epochs": 50, "stopping_step": 5}
+MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
+
+
+def summary(out_dir, metric="ndcg@10"):
+    """Test ``metric`` under ``market`` and ``paper`` side by side per market; best per column bold."""
+    rows = [r for r in read_csv_rows(os.path.join(out_dir, "results.csv")) if r["split"] == "test"]
+    values, seconds, seeds = defaultdict(list), defaultdict(float), defaultdict(set)
+    for r in rows:
+        values[(r["label"], r["market"], r["protocol"])].append(float(r[metric]))
+        seeds[r["market"]].add(r["seed"])
+        if r["protocol"] == "market":  # one training serves both protocols: count its time once
+            seconds[r["label"]] += float(r["seconds"])
+    markets = sorted(seeds, key=lambda m: MARKET_ORDER.index(m) if m in MARKET_ORDER else len(MARKET_ORDER))
+    columns = [(m, p) for m in markets for p in ("market", "paper")]
+    best = {c: max(np.mean(v) for (_, m, p), v in values.items() if (m, p) == c) for c in columns}
+    out = [f"# Test {metric.upper()} per market under the `market` and `paper` protocols\n",
+           "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(sorted(seeds[m]))}" for m in markets) +
+           "); best per column in bold; an empty cell has not been run. Every model selected on valid under "
+           "`market`; wall minutes summed over the model's cells on this machine.\n",
+           "| model | " + " | ".join(f"{m.upper()} `{p}`" for m, p in columns) + " | wall min |",
+           "|---|" + "---|" * (len(columns) + 1)]
+    for label in dict.fromkeys(r["label"] for r in rows):
+        cells = []
+        for column in columns:
+            v = values.get((label, *column))
+            text = "" if not v else f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f}" if len(v) > 1 else "")
+            cells.append(f"**{text}**" if v and np.isclose(np.mean(v), best[column]) else text)
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {seconds[label] / 60:.1f} |")
+    path = os.path.join(out_dir, "summary.md")
+    with open(path + ".tmp", "w") as f:
+        f.write("\n".join(out) + "\n")
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def main(argv=None):
@@ -41,7 +79,8 @@ def main(argv=None):
         out = compare(args.models.split(","), [market], [int(s) for s in args.seeds.split(",")], "market",
                       ("single", "++"), os.path.join(args.results, "compare"), {"dataset": "xmarket", **SETTINGS},
                       os.path.join(work, "pretrained"), test_protocols=["paper"])
-        print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md", flush=True)
+        print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md, "
+              f"{summary(out)}", flush=True)
     return 0
 
 
