@@ -25,7 +25,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from recbole_cmr.compare import compare
+from recbole_cmr.compare import compare, mean_text
 from recbole_cmr.utils import read_csv_rows
 
 MODELS = "ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,LightGCN,SASRec,FOREC,MANeuMF,M3Rec"
@@ -55,8 +55,7 @@ def summary(out_dir, metric="ndcg@10"):
         cells = []
         for column in columns:
             v = values.get((label, *column))
-            text = "" if not v else f"{np.mean(v):.4f}" + (f" ± {np.std(v):.4f}" if len(v) > 1 else "")
-            cells.append(f"**{text}**" if v and np.isclose(np.mean(v), best[column]) else text)
+            cells.append(mean_text(v, best[column]) if v else "")
         out.append(f"| {label} | " + " | ".join(cells) + f" | {seconds[label] / 60:.1f} |")
     path = os.path.join(out_dir, "summary.md")
     with open(path + ".tmp", "w") as f:

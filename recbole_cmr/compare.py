@@ -145,6 +145,12 @@ def _wall_minutes(test_rows):
     return sum(float(r.get("seconds") or 0) for r in test_rows) / 60
 
 
+def mean_text(values, best):
+    """A table cell: the mean (± std over several seeds), bold when it is the column's best."""
+    text = f"{np.mean(values):.4f}" + (f" ± {np.std(values):.4f}" if len(values) > 1 else "")
+    return f"**{text}**" if np.isclose(np.mean(values), best) else text
+
+
 def markdown(rows, out_dir, protocol):
     """Tables of the test metrics measured under ``protocol``."""
     test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
@@ -175,8 +181,7 @@ def markdown(rows, out_dir, protocol):
                 if not v:
                     cells_md.append("")
                     continue
-                text = f"{np.mean(v):.4f} ± {np.std(v):.4f}" if len(v) > 1 else f"{np.mean(v):.4f}"
-                cells_md.append(f"**{text}**" if np.isclose(np.mean(v), best[m]) else text)
+                cells_md.append(mean_text(v, best[m]))
             out.append(f"| {label} | " + " | ".join(cells_md) + " |")
     if "ACMR" in labels and len(labels) > 1:
         out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed and user)\n")
