@@ -2,6 +2,7 @@
 
     python bench/compare_markets.py --markets IN,JP --seeds 2020,2021,2022
     python bench/compare_markets.py --markets DE,FR,CA,MX,UK --seeds 2020
+    python bench/compare_markets.py --markets FR --models SASRec --scopes single
 
 Every model is selected on valid under the sound ``market`` protocol and the
 selected model is tested under ``market`` and under the paper's protocol, so
@@ -70,13 +71,14 @@ def main(argv=None):
     parser.add_argument("--markets", default="IN,JP")
     parser.add_argument("--seeds", default="2020")
     parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--scopes", default="single,++", help="built-ins' training scopes (cross-market models ignore it)")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     work = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
     for market in args.markets.split(","):  # market by market, so every finished market is a complete row set
         started = time.time()
         out = compare(args.models.split(","), [market], [int(s) for s in args.seeds.split(",")], "market",
-                      ("single", "++"), os.path.join(args.results, "compare"), {"dataset": "xmarket", **SETTINGS},
+                      args.scopes.split(","), os.path.join(args.results, "compare"), {"dataset": "xmarket", **SETTINGS},
                       os.path.join(work, "pretrained"), test_protocols=["paper"])
         print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md, "
               f"{summary(out)}", flush=True)
