@@ -8,8 +8,8 @@ Every model is selected on valid under the sound ``market`` protocol and the
 selected model is tested under ``market`` and under the paper's protocol, so
 one training serves both tables: ``bench/results/compare/`` holds results.csv,
 table.md and plot.png (``market``), table-paper.md and plot-paper.png
-(``paper``), the per-user test metrics and summary.md (test NDCG@10 under both
-protocols side by side, the table the README shows). Re-running the command skips the
+(``paper``), the per-user test metrics and summary.md (test NDCG@10 per market, one
+table per protocol, the tables the README shows). Re-running the command skips the
 finished cells, so the grid grows market by market and seed by seed.
 
 Settings shared by every model: ``epochs`` (50) caps every training phase and
@@ -35,7 +35,7 @@ MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
 
 
 def summary(out_dir, metric="ndcg@10"):
-    """Test ``metric`` under ``market`` and ``paper`` side by side per market; best per column bold."""
+    """Test ``metric`` per market, one table per protocol (``market`` first); best per column bold."""
     rows = [r for r in read_csv_rows(os.path.join(out_dir, "results.csv")) if r["split"] == "test"]
     values, seconds, seeds = defaultdict(list), defaultdict(float), defaultdict(set)
     for r in rows:
@@ -44,23 +44,29 @@ def summary(out_dir, metric="ndcg@10"):
         if r["protocol"] == "market":  # one training serves both protocols: count its time once
             seconds[r["label"]] += float(r["seconds"])
     markets = sorted(seeds, key=lambda m: MARKET_ORDER.index(m) if m in MARKET_ORDER else len(MARKET_ORDER))
-    columns = [(m, p) for m in markets for p in ("market", "paper")]
-    best = {c: max(np.mean(v) for (_, m, p), v in values.items() if (m, p) == c) for c in columns}
+    order = MODELS.split(",")  # ACMR first, then the built-ins (single before ++), then the cross-market baselines
+    labels = sorted({r["label"]: (order.index(r["model"]) if r["model"] in order else len(order), r["scope"] == "++")
+                     for r in rows}.items(), key=lambda item: item[1])
+    labels = [label for label, _ in labels]
     out = [f"# Test {metric.upper()} per market under the `market` and `paper` protocols\n",
            "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(sorted(seeds[m]))}" for m in markets) +
            "); best per column in bold; an empty cell has not been run. Every model selected on valid under "
-           "`market`; wall minutes summed over the model's cells on this machine.\n",
-           "| model | " + " | ".join(f"{m.upper()} `{p}`" for m, p in columns) + " | wall min |",
-           "|---|" + "---|" * (len(columns) + 1)]
-    for label in dict.fromkeys(r["label"] for r in rows):
-        cells = []
-        for column in columns:
-            v = values.get((label, *column))
-            cells.append(mean_text(v, best[column]) if v else "")
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {seconds[label] / 60:.1f} |")
+           "`market`, then tested under both protocols; wall minutes summed over the model's cells on this machine.\n"]
+    for protocol in ("market", "paper"):
+        best = {m: max((np.mean(v) for (_, vm, p), v in values.items() if (vm, p) == (m, protocol)), default=None)
+                for m in markets}
+        wall = protocol == "market"
+        out += [f"## `{protocol}` protocol\n",
+                "| model | " + " | ".join(m.upper() for m in markets) + (" | wall min |" if wall else " |"),
+                "|---|" + "---|" * (len(markets) + wall)]
+        for label in labels:
+            cells = [mean_text(values[(label, m, protocol)], best[m]) if (label, m, protocol) in values else ""
+                     for m in markets]
+            out.append(f"| {label} | " + " | ".join(cells) + (f" | {seconds[label] / 60:.1f} |" if wall else " |"))
+        out.append("")
     path = os.path.join(out_dir, "summary.md")
     with open(path + ".tmp", "w") as f:
-        f.write("\n".join(out) + "\n")
+        f.write("\n".join(out))
     os.replace(path + ".tmp", path)
     return path
 
