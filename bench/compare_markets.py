@@ -80,6 +80,7 @@ def main(argv=None):
     parser.add_argument("--scopes", default="single,++", help="built-ins' training scopes (cross-market models ignore it)")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it
     work = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
     for market in args.markets.split(","):  # market by market, so every finished market is a complete row set
         started = time.time()
