@@ -44,10 +44,9 @@ def summary(out_dir, metric="ndcg@10"):
         if r["protocol"] == "market":  # one training serves both protocols: count its time once
             seconds[r["label"]] += float(r["seconds"])
     markets = sorted(seeds, key=lambda m: MARKET_ORDER.index(m) if m in MARKET_ORDER else len(MARKET_ORDER))
-    order = MODELS.split(",")  # ACMR first, then the built-ins (single before ++), then the cross-market baselines
-    labels = sorted({r["label"]: (order.index(r["model"]) if r["model"] in order else len(order), r["scope"] == "++")
-                     for r in rows}.items(), key=lambda item: item[1])
-    labels = [label for label, _ in labels]
+    rank = {model: i for i, model in enumerate(MODELS.split(","))}  # ACMR, the built-ins, the cross-market baselines
+    row_of = {r["label"]: r for r in rows}
+    labels = sorted(row_of, key=lambda label: (rank.get(row_of[label]["model"], len(rank)), row_of[label]["scope"] == "++"))
     out = [f"# Test {metric.upper()} per market under the `market` and `paper` protocols\n",
            "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(sorted(seeds[m]))}" for m in markets) +
            "); best per column in bold; an empty cell has not been run. Every model selected on valid under "
