@@ -49,7 +49,8 @@ def summary(out_dir, metric="ndcg@10"):
     labels = sorted(row_of, key=lambda label: (rank.get(row_of[label]["model"], len(rank)), row_of[label]["scope"] == "++"))
     out = [f"# Test {metric.upper()} per market under the `market` and `paper` protocols\n",
            "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(sorted(seeds[m]))}" for m in markets) +
-           "); best per column in bold; an empty cell has not been run. Every model selected on valid under "
+           "); best per column in bold; an empty cell has not been run, and one run on fewer of the market's "
+           "seeds says how many. Every model selected on valid under "
            "`market`, then tested under both protocols; wall minutes summed over the model's cells on this machine.\n"]
     for protocol in ("market", "paper"):
         best = {m: max((np.mean(v) for (_, vm, p), v in values.items() if (vm, p) == (m, protocol)), default=None)
@@ -59,7 +60,7 @@ def summary(out_dir, metric="ndcg@10"):
                 "| model | " + " | ".join(m.upper() for m in markets) + (" | wall min |" if wall else " |"),
                 "|---|" + "---|" * (len(markets) + wall)]
         for label in labels:
-            cells = [mean_text(values[(label, m, protocol)], best[m]) if (label, m, protocol) in values else ""
+            cells = [mean_text(values[(label, m, protocol)], best[m], len(seeds[m])) if (label, m, protocol) in values else ""
                      for m in markets]
             out.append(f"| {label} | " + " | ".join(cells) + (f" | {seconds[label] / 60:.1f} |" if wall else " |"))
         out.append("")

@@ -145,10 +145,12 @@ def _wall_minutes(test_rows):
     return sum(float(r.get("seconds") or 0) for r in test_rows) / 60
 
 
-def mean_text(values, best):
-    """A table cell: the mean (± std over several seeds), bold when it is the column's best."""
+def mean_text(values, best, n_seeds=None):
+    """A table cell: the mean (± std over several seeds), bold when it is the column's best; a cell run on
+    fewer than the column's ``n_seeds`` seeds says so, since its mean is not over the same splits."""
     text = f"{np.mean(values):.4f}" + (f" ± {np.std(values):.4f}" if len(values) > 1 else "")
-    return f"**{text}**" if np.isclose(np.mean(values), best) else text
+    text = f"**{text}**" if np.isclose(np.mean(values), best) else text
+    return text + (f" ({len(values)} of {n_seeds} seeds)" if n_seeds and len(values) < n_seeds else "")
 
 
 def markdown(rows, out_dir, protocol):
@@ -163,7 +165,8 @@ def markdown(rows, out_dir, protocol):
     else:
         seed_text = "; ".join(f"{m.upper()} {', '.join(v)}" for m, v in seeds.items())
     out = [f"# Comparison: test metrics, protocol `{protocol}`, seeds {seed_text}\n",
-           "Mean ± std over seeds; the best mean per column is bold. Selection (early stopping, best epoch) on "
+           "Mean ± std over seeds; the best mean per column is bold; a cell run on fewer of the market's seeds "
+           "says how many. Selection (early stopping, best epoch) on "
            f"valid only, under protocol `{', '.join(selected_on)}`. "
            f"Wall time of the {len(test)} finished cells: {_wall_minutes(test):.1f} min on this machine "
            "(a reused pre-training is counted once).\n"]
@@ -181,7 +184,7 @@ def markdown(rows, out_dir, protocol):
                 if not v:
                     cells_md.append("")
                     continue
-                cells_md.append(mean_text(v, best[m]))
+                cells_md.append(mean_text(v, best[m], len(seeds[m])))
             out.append(f"| {label} | " + " | ".join(cells_md) + " |")
     if "ACMR" in labels and len(labels) > 1:
         out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed and user)\n")

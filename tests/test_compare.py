@@ -35,6 +35,11 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     compare(["ACMR", "Pop"], ["bb", "cc"], [1, 2], "market", ["single", "++"], out, tiny_dict(tiny_root),
             test_protocols=["paper"])
     assert sorted(os.listdir(os.path.join(out, "runs"))) == runs, "a finished grid re-runs nothing"
+    compare(["Pop"], ["bb"], [1, 2, 3], "market", ["single"], out, tiny_dict(tiny_root))
+    table = open(os.path.join(out, "table.md")).read()
+    assert "protocol `market`, seeds BB 1, 2, 3; CC 1, 2" in table
+    acmr_bb = table.split("| ACMR | ")[1].split(" | ")[0]
+    assert acmr_bb.endswith(" (2 of 3 seeds)"), "a mean over fewer of the market's seeds says so"
     with pytest.raises(CrossMarketError, match="selected under another protocol"):
         compare(["Pop"], ["bb"], [1], "paper", ["++"], out, tiny_dict(tiny_root))
 
