@@ -187,7 +187,8 @@ def markdown(rows, out_dir, protocol):
                 cells_md.append(mean_text(v, best[m], len(seeds[m])))
             out.append(f"| {label} | " + " | ".join(cells_md) + " |")
     if "ACMR" in labels and len(labels) > 1:
-        out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed and user)\n")
+        out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed and user "
+                   "over the seeds both have; the NDCG@10 columns are each model's mean over its own seeds)\n")
         out.append("| market | best other model | its NDCG@10 | ACMR NDCG@10 | p-value |\n|---|---|---|---|---|")
         for m in markets:
             scores = {l: np.mean([float(r["ndcg@10"]) for r in test if r["label"] == l and r["market"] == m] or [np.nan])
