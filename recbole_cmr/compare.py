@@ -145,12 +145,12 @@ def _wall_minutes(test_rows):
     return sum(float(r.get("seconds") or 0) for r in test_rows) / 60
 
 
-def mean_text(values, best, n_seeds=None):
+def mean_text(values, best, n_seeds):
     """A table cell: the mean (± std over several seeds), bold when it is the column's best; a cell run on
     fewer than the column's ``n_seeds`` seeds says so, since its mean is not over the same splits."""
     text = f"{np.mean(values):.4f}" + (f" ± {np.std(values):.4f}" if len(values) > 1 else "")
     text = f"**{text}**" if np.isclose(np.mean(values), best) else text
-    return text + (f" ({len(values)} of {n_seeds} seeds)" if n_seeds and len(values) < n_seeds else "")
+    return text + (f" ({len(values)} of {n_seeds} seeds)" if len(values) < n_seeds else "")
 
 
 def markdown(rows, out_dir, protocol):
