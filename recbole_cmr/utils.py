@@ -7,6 +7,7 @@ import re
 import pkgutil
 
 import recbole.model
+import torch
 from recbole.utils import get_model as get_recbole_model
 
 
@@ -40,10 +41,13 @@ def get_model(model_name):
     plugin = plugin_model_names()
     if model_name in plugin:
         return plugin[model_name]
+    anomaly_mode = torch.is_anomaly_enabled()
     try:
         return get_recbole_model(model_name)
     except (ValueError, AttributeError, ImportError):  # RecBole imports lightgbm/xgboost while searching
         pass
+    finally:  # importing RecBole's sequential models (sine.py) turns autograd anomaly detection on for the process
+        torch.autograd.set_detect_anomaly(anomaly_mode)
     known = list(plugin) + recbole_model_names()
     close = difflib.get_close_matches(model_name.lower(), [k.lower() for k in known], n=3, cutoff=0.6)
     by_lower = {k.lower(): k for k in known}
