@@ -2,6 +2,8 @@
 
 import os
 
+import recbole
+import yaml
 from recbole.config import Config
 
 from recbole_cmr.utils import CrossMarketError, get_model
@@ -59,3 +61,16 @@ class CrossMarketConfig(Config):
         self.final_config_dict["checkpoint_dir"] = os.path.abspath(self.final_config_dict["checkpoint_dir"])
         super()._set_default_parameters()
         self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])
+
+
+def known_config_keys(config_file_list=None):
+    """Every key a yaml defines (RecBole's, the plugin's, the given files'): a command-line key outside it is a typo."""
+    roots = (os.path.join(os.path.dirname(recbole.__file__), "properties"), PLUGIN_PROPERTIES)
+    paths = [os.path.join(folder, name) for root in roots for folder, _, names in os.walk(root)
+             for name in names if name.endswith(".yaml")]
+    keys = set()
+    for path in paths + [p for p in config_file_list or [] if os.path.isfile(p)]:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f)
+        keys.update(loaded if isinstance(loaded, dict) else {})
+    return keys

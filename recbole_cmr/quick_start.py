@@ -225,8 +225,6 @@ class CrossMarketRun:
             results["pretrain"] = self._evaluate(trainer, test_protocols)
             pretrained = trainer.saved_model_file
         if phase in ("both", "finetune"):
-            if pretrained is None:
-                raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")
             self._load_pretrained(pretrained)
             trainer = self._fit("finetune", self._target_train_data())
             results["finetune"] = self._evaluate(trainer, test_protocols)
@@ -266,7 +264,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         test_protocols=None, callback_fn=None, saved=True):
     """Run ``model`` on target ``market``; returns ``(run_path, rows)``.
 
-    ``test_protocols``: protocols to test the selected model under (default: the configured one);
+    ``test_protocols``: protocols to test the selected model under besides the configured one;
     an empty list computes no test metric at all (hyper-parameter searches).
     ``callback_fn(phase, epoch, valid_score)`` is called after every validation.
     ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
@@ -274,11 +272,18 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     if phase not in PHASES:
         raise CrossMarketError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
     config = make_config(model, market, config_file_list, config_dict)
-    if test_protocols is None:
-        test_protocols = [config["eval_protocol"]]
+    if test_protocols is None or test_protocols:
+        test_protocols = list(dict.fromkeys([config["eval_protocol"], *(test_protocols or [])]))
     for protocol in test_protocols:
         if protocol not in PROTOCOLS:
             raise CrossMarketError(f"unknown protocol {protocol!r} in test protocols; choose from {', '.join(PROTOCOLS)}")
+    if not config["finetune"] and (phase != "both" or pretrained is not None):
+        raise CrossMarketError(f"{config['model']} trains in one phase; --phase and --pretrained are for "
+                               "two-phase models (ACMR, FOREC)")
+    if phase == "pretrain" and pretrained is not None:
+        raise CrossMarketError("--pretrained is a checkpoint to fine-tune from; drop it or use --phase=finetune")
+    if phase == "finetune" and pretrained is None:
+        raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")
     if pretrained is not None and not os.path.isfile(pretrained):
         raise CrossMarketError(f"--pretrained file {pretrained} does not exist")
     run_dir = RunDirectory(config)

@@ -1,0 +1,47 @@
+"""The command line: flags, RecBole-style overrides and its one-line errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from run_recbole_cmr import main  # noqa: E402
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model=ACMRR"], "unknown model 'ACMRR'. Did you mean: ACMR"),
+    (["--market=XX"], "unknown market 'xx'; the dataset 'xmarket' has markets: ca, de, fr, in, jp, mx, uk"),
+    (["--protocol=random"], "unknown eval_protocol 'random'"),
+    (["--protocl=paper"], "unknown argument '--protocl=paper'. Did you mean: --protocol"),
+    (["--test-protocols=paper"], "Did you mean: --test_protocols"),
+    (["--compare", "--seed=7"], "--compare sets --seed (use --seeds) per cell"),
+    (["--compare", "--seeds=1,x"], "--seeds must be comma separated integers, got '1,x'"),
+    (["--model=Pop", "--phase=pretrain"], "Pop trains in one phase"),
+    (["--phase=pretrain", "--pretrained=pretrain.pth"], "--pretrained is a checkpoint to fine-tune from"),
+    (["--phase=finetune"], "--phase=finetune needs --pretrained=PATH"),
+])
+def test_cli_bad_input(tmp_path, args, message):
+    out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), *args,
+                          f"--checkpoint_dir={tmp_path / 'saved'}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)  # a missed error would train
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert not (tmp_path / "saved").exists() or os.listdir(tmp_path / "saved") == []
+
+
+def test_overrides_in_argv_reach_the_config_and_test_protocols_add_to_the_configured_one(
+        tiny_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["pytest", "--eval_neg_num=99"])  # must not leak into the run
+    code = main(["--model=Pop", "--market=BB", "--dataset=tiny", f"--data_path={tiny_root}",
+                 f"--checkpoint_dir={tmp_path / 'saved'}", "--eval_neg_num=15", "--test_protocols=paper"])
+    assert code == 0
+    run_dir = capsys.readouterr().out.split("run directory: ")[1].strip()
+    assert json.load(open(os.path.join(run_dir, "config.json")))["eval_neg_num"] == 15
+    with open(os.path.join(run_dir, "results.csv")) as f:
+        assert {r["protocol"] for r in csv.DictReader(f)} == {"market", "paper"}
+    assert sys.argv == ["pytest", "--eval_neg_num=99"]
