@@ -60,6 +60,9 @@ def load_search(path):
         raise CrossMarketError(f"search file {path}: search must be one of {', '.join(SEARCHES)}")
     if search["scheduler"] not in SCHEDULERS:
         raise CrossMarketError(f"search file {path}: scheduler must be one of {', '.join(SCHEDULERS)}")
+    if str(search["metric"]).lower() not in REPORTED_METRICS:
+        raise CrossMarketError(f"search file {path}: metric must be one of "
+                               f"{', '.join(m.upper() for m in REPORTED_METRICS)}, got {search['metric']!r}")
     if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
         raise CrossMarketError(f"search file {path}: num_samples must be an integer >= 1")
     for name, spec in search["space"].items():
@@ -197,17 +200,20 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir):
         for _, row in (per_epoch.iterrows() if len(per_epoch) else []):
             epochs.append({"trial": i, "phase": row["phase"], "epoch": int(row["epoch"]),
                            "valid_score": float(row["valid_score"])})
-        finished = history is not None and (history["phase"] == "done").any()
-        best = float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan")
-        trials.append({"trial": i, **{n: result.config.get(n) for n in names}, "best_valid_score": best,
+        done = history[history["phase"] == "done"] if history is not None else []
+        finished = len(done) > 0
+        trials.append({"trial": i, **{n: result.config.get(n) for n in names},
+                       "valid_score": float(done["valid_score"].iloc[-1]) if finished else float("nan"),
+                       "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,
                        "error": str(result.error)[:200] if result.error else ""})
-    ok = [t for t in trials if not t["error"] and t["best_valid_score"] == t["best_valid_score"]]
+    # a trial counts by the valid score of the model its run selects (for ACMR: the fine-tuned one),
+    # so only finished trials compete; ASHA compared per-epoch scores along the way
+    ok = sorted((t for t in trials if not t["error"] and not t["stopped_early"]),
+                key=lambda t: t["valid_score"], reverse=True)
     if not ok:
         raise CrossMarketError(f"no trial finished; see the trial errors in {out_dir}")
-    ok.sort(key=lambda t: t["best_valid_score"], reverse=True)
-    write_csv_rows(os.path.join(out_dir, "trials.csv"), sorted(trials, key=lambda t: -t["best_valid_score"]
-                                                           if t["best_valid_score"] == t["best_valid_score"] else 1))
+    write_csv_rows(os.path.join(out_dir, "trials.csv"), ok + [t for t in trials if t not in ok])
     write_csv_rows(os.path.join(out_dir, "epochs.csv"), epochs)
     best_params = {n: ok[0][n] for n in names}
     best_yaml = os.path.join(out_dir, "best.yaml")
@@ -220,11 +226,11 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir):
     header = f"{len(trials)} trials, {stopped} stopped early by {search['scheduler']}, metric valid {search['metric']}"
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(f"# search: {model} on {market.upper()} | protocol: {rows[0]['protocol']} | {header}\n\n")
-        f.write("| trial | " + " | ".join(names) + " | best valid | epochs | stopped early |\n")
-        f.write("|---|" + "---|" * (len(names) + 3) + "\n")
+        f.write("| trial | " + " | ".join(names) + " | valid (selected model) | epochs |\n")
+        f.write("|---|" + "---|" * (len(names) + 2) + "\n")
         for t in ok:
             f.write(f"| {t['trial']} | " + " | ".join(str(t[n]) for n in names)
-                    + f" | {t['best_valid_score']:.4f} | {t['epochs_run']} | {t['stopped_early']} |\n")
+                    + f" | {t['valid_score']:.4f} | {t['epochs_run']} |\n")
         f.write("\nSelected configuration (valid only), then tested once:\n\n")
         for r in rows:
             f.write(f"- {r['phase']} {r['split']} ({r['protocol']}): "
