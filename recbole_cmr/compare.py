@@ -81,6 +81,31 @@ def pretrained_name(cell, protocol, config_file_list, config_dict):
     return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
 
 
+def check_grid_settings(out_dir, config_file_list, config_dict):
+    """Cells in one folder must share their settings, or resuming would mix two grids in one table.
+
+    The first run records them in ``settings.json``; a later run with other settings is refused.
+    """
+    files = [open(f, encoding="utf-8").read() for f in config_file_list or []]  # contents, wherever the clone is
+    settings = json.loads(json.dumps({"config": {k: v for k, v in config_dict.items() if k not in RUN_ONLY_KEYS},
+                                      "config_files": files}, sort_keys=True, default=str))
+    path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        if recorded != settings:
+            changed = sorted(k for k in set(recorded["config"]) | set(settings["config"])
+                             if recorded["config"].get(k) != settings["config"].get(k))
+            if recorded["config_files"] != settings["config_files"]:
+                changed.append("--config_files")
+            raise CrossMarketError(f"{out_dir} holds cells run with other settings ({', '.join(changed)} differ; "
+                                   f"recorded in {path}); use those settings or choose another --out")
+        return
+    with open(path + ".tmp", "w") as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
 def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_dir, pretrained_dir):
     label, model, scope, market, seed = cell
     cell_dict = {**config_dict, "eval_protocol": protocol, "seed": int(seed), "state": "WARNING",
@@ -249,6 +274,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     rows = read_csv_rows(results)
     if rows and any(r["selected_on"] != protocol for r in rows):
         raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
+    check_grid_settings(out_dir, config_file_list, config_dict)
     for cell in cells:
         key = (cell[0], cell[3].lower(), str(cell[4]))
         if all(any((r["label"], r["market"], str(r["seed"])) == key and r["protocol"] == p for r in rows)

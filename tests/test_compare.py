@@ -42,6 +42,10 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     assert acmr_bb.endswith(" (2 of 3 seeds)"), "a mean over fewer of the market's seeds says so"
     with pytest.raises(CrossMarketError, match="selected under another protocol"):
         compare(["Pop"], ["bb"], [1], "paper", ["++"], out, tiny_dict(tiny_root))
+    results = open(os.path.join(out, "results.csv")).read()
+    with pytest.raises(CrossMarketError, match=r"other settings \(epochs differ"):
+        compare(["Pop"], ["bb"], [1], "market", ["single"], out, {**tiny_dict(tiny_root), "epochs": 3})
+    assert open(os.path.join(out, "results.csv")).read() == results
 
 
 @pytest.mark.parametrize("models, markets, message", [
