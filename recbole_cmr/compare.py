@@ -149,15 +149,18 @@ def paired_test(out_dir, rows, a_label, b_label, market, protocol, metric="ndcg@
         if not os.path.exists(path):
             return None
         data = np.load(path)
-        return data[f"{protocol}/{metric}"]
+        return data["user_id"], data[f"{protocol}/{metric}"]
 
     a, b = [], []
     for seed in sorted({seed for label, seed in cells if label == a_label} & {seed for label, seed in cells
                                                                               if label == b_label}):
         pair = load(a_label, seed), load(b_label, seed)
         if pair[0] is not None and pair[1] is not None:
-            a.append(pair[0])
-            b.append(pair[1])
+            if not np.array_equal(pair[0][0], pair[1][0]):
+                raise CrossMarketError(f"{a_label} and {b_label} on {market} seed {seed} were tested on different "
+                                       "users; their per_user files come from different splits")
+            a.append(pair[0][1])
+            b.append(pair[1][1])
     if not a:
         return None
     a, b = np.concatenate(a), np.concatenate(b)
