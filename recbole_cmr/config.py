@@ -58,6 +58,8 @@ class CrossMarketConfig(Config):
             if isinstance(sources, str):
                 sources = [s for s in sources.replace(",", " ").split() if s]
             self.final_config_dict["source_markets"] = [str(s).lower() for s in sources]
+        if self.final_config_dict.get("split_seed") is None:  # the split follows the run's seed by default
+            self.final_config_dict["split_seed"] = self.final_config_dict.get("seed")
         self.final_config_dict["checkpoint_dir"] = os.path.abspath(self.final_config_dict["checkpoint_dir"])
         super()._set_default_parameters()
         self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])

@@ -22,9 +22,7 @@ SPLIT_KEYS = ("model", "dataset", "target_market", "source_markets", "split_orde
 
 def checkpoint_metadata(config):
     """The plain config values that identify the model and the split a checkpoint belongs to."""
-    meta = {key: config[key] for key in SPLIT_KEYS}
-    meta["split_seed"] = config["split_seed"] if config["split_seed"] is not None else config["seed"]
-    return meta
+    return {key: config[key] for key in SPLIT_KEYS}
 
 
 def _plain_other_parameter(model):

@@ -103,7 +103,7 @@ class CrossMarketDataset(Dataset):
         feat = self.inter_feat
         users = np.asarray(feat[self.uid_field])
         markets = np.asarray(feat[self.market_field])
-        seed = self.config["split_seed"] if self.config["split_seed"] is not None else self.config["seed"]
+        seed = self.config["split_seed"]
         rng = np.random.default_rng(int(seed))
 
         rows = rng.permutation(np.flatnonzero(markets == target_id))
@@ -180,7 +180,7 @@ class CrossMarketSequentialDataset(CrossMarketDataset, SequentialDataset):
         self._aug_presets()
         feat = self.inter_feat
         users = feat[self.uid_field].numpy()
-        seed = self.config["split_seed"] if self.config["split_seed"] is not None else self.config["seed"]
+        seed = self.config["split_seed"]
         tie_break = np.random.default_rng(int(seed) + 7).permutation(len(feat))
         order = np.lexsort((tie_break, feat[self.time_field].numpy(), users))
         index = self.split_indices()

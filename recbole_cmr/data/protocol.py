@@ -88,7 +88,7 @@ def protocol_pool(config, dataset):
 def eval_dataloaders(config, dataset, built_datasets):
     """Valid and test dataloaders for ``config['eval_protocol']``."""
     train, valid, test = built_datasets
-    seed = config["split_seed"] if config["split_seed"] is not None else config["seed"]
+    seed = config["split_seed"]
     sampler = ProtocolSampler(
         [dataset.history_dataset, valid, test], protocol_pool(config, dataset), int(config["eval_neg_num"]), int(seed)
     )
