@@ -100,6 +100,7 @@ def main(argv=None):
     parser.add_argument("--pretrain_epochs", type=int, default=None)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "acmr_quality"))
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it
     work_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
     rows = read_csv_rows(args.out + ".csv")
     done = {(r["model"], r["market"], str(r["seed"]), r["selection"]) for r in rows}

@@ -34,6 +34,7 @@ def main(argv=None):
     parser.add_argument("--market", default="in")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "acmr_speed"))
     args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it
     config = make_config("ACMR", args.market, config_dict={"checkpoint_dir": tempfile.mkdtemp(),
                                                            "state": "WARNING", "eval_protocol": "paper"})
     run_dir = RunDirectory(config)
