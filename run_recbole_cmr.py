@@ -16,8 +16,7 @@ import warnings
 from recbole_cmr.utils import CrossMarketError
 
 #: Settings a comparison grid sets per cell, and the flag that sets them.
-GRID_KEYS = {"seed": "--seeds", "train_markets": "--scopes", "target_market": "--markets",
-             "eval_protocol": "--protocol"}
+GRID_KEYS = {"seed": "--seeds", "train_markets": "--scopes", "eval_protocol": "--protocol"}
 
 
 def parse_args(argv):
@@ -49,7 +48,7 @@ def parse_args(argv):
 
 def config_overrides(parser, unknown, config_files):
     """RecBole's ``--key=value`` overrides among the arguments argparse did not know."""
-    from recbole_cmr.config import known_config_keys
+    from recbole_cmr.config import known_config_keys, typed_overrides
 
     known = known_config_keys(config_files)
     overrides = {}
@@ -66,7 +65,9 @@ def config_overrides(parser, unknown, config_files):
             f"unknown argument {arg!r}.{hint} The options are listed by --help; any other argument must be "
             "--key=value with a RecBole or recbole-cmr config key (several --config_files: separate with commas)."
         )
-    return overrides
+    if "target_market" in overrides:
+        raise CrossMarketError("give the target market as --market, not --target_market")
+    return typed_overrides(overrides)
 
 
 def int_list(text, flag):

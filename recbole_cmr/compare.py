@@ -77,6 +77,8 @@ def pretrained_name(cell, protocol, config_file_list, config_dict):
     ignored = RUN_ONLY_KEYS | (EVALUATION_KEYS if selection == "last" else set())
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in ignored and isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+    if settings["split_seed"] == settings["seed"]:
+        settings["split_seed"] = None  # the default, as recorded in the names of checkpoints cached before
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
 

@@ -71,8 +71,18 @@ def known_config_keys(config_file_list=None):
     paths = [os.path.join(folder, name) for root in roots for folder, _, names in os.walk(root)
              for name in names if name.endswith(".yaml")]
     keys = set()
-    for path in paths + [p for p in config_file_list or [] if os.path.isfile(p)]:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
+    for path in paths + list(config_file_list or []):
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.load(f, Loader=yaml.FullLoader)  # RecBole's loader family
+        except FileNotFoundError:
+            raise CrossMarketError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise CrossMarketError(f"config file {path} is not valid yaml: {err}") from None
         keys.update(loaded if isinstance(loaded, dict) else {})
     return keys
+
+
+def typed_overrides(overrides):
+    """Command-line strings -> values, by RecBole's own conversion (``"1e-2"`` -> 0.01, ``"[16, 32]"`` -> list)."""
+    return Config._convert_config_dict(None, dict(overrides))  # it uses no instance state

@@ -225,6 +225,8 @@ class CrossMarketRun:
             results["pretrain"] = self._evaluate(trainer, test_protocols)
             pretrained = trainer.saved_model_file
         if phase in ("both", "finetune"):
+            if pretrained is None:
+                raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")
             self._load_pretrained(pretrained)
             trainer = self._fit("finetune", self._target_train_data())
             results["finetune"] = self._evaluate(trainer, test_protocols)
@@ -282,8 +284,6 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
                                "two-phase models (ACMR, FOREC)")
     if phase == "pretrain" and pretrained is not None:
         raise CrossMarketError("--pretrained is a checkpoint to fine-tune from; drop it or use --phase=finetune")
-    if phase == "finetune" and pretrained is None:
-        raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")
     if pretrained is not None and not os.path.isfile(pretrained):
         raise CrossMarketError(f"--pretrained file {pretrained} does not exist")
     run_dir = RunDirectory(config)

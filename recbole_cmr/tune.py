@@ -157,7 +157,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     config_dict = dict(config_dict or {})
     config_dict["valid_metric"] = search["metric"]
     base = check_parameters(search, model, market, config_files, config_dict)
-    config_dict.setdefault("data_path", os.path.dirname(base["data_path"]))
+    config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
     config_dict.update(search["fixed"])
     out_dir = os.path.abspath(out_dir or os.path.join(
         base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))

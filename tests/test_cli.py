@@ -20,6 +20,8 @@ from run_recbole_cmr import main  # noqa: E402
     (["--protocl=paper"], "unknown argument '--protocl=paper'. Did you mean: --protocol"),
     (["--test-protocols=paper"], "Did you mean: --test_protocols"),
     (["--compare", "--seed=7"], "--compare sets --seed (use --seeds) per cell"),
+    (["--target_market=jp"], "give the target market as --market"),
+    (["--config_files=missing.yaml", "--my_key=1"], "config file missing.yaml does not exist"),
     (["--compare", "--seeds=1,x"], "--seeds must be comma separated integers, got '1,x'"),
     (["--model=Pop", "--phase=pretrain"], "Pop trains in one phase"),
     (["--phase=pretrain", "--pretrained=pretrain.pth"], "--pretrained is a checkpoint to fine-tune from"),
