@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from recbole_cmr.compare import compare
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.compare import compare, markdown
+from recbole_cmr.utils import CrossMarketError, read_csv_rows
 
 
 def tiny_dict(tiny_root):
@@ -46,6 +46,11 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     with pytest.raises(CrossMarketError, match=r"other settings \(epochs differ"):
         compare(["Pop"], ["bb"], [1], "market", ["single"], out, {**tiny_dict(tiny_root), "epochs": 3})
     assert open(os.path.join(out, "results.csv")).read() == results
+    acmr_bb = os.path.join(out, "per_user", "ACMR-cross-market-bb-1.npz")
+    data = dict(np.load(acmr_bb))
+    np.savez(acmr_bb, **{**data, "user_id": data["user_id"][::-1]})
+    with pytest.raises(CrossMarketError, match="tested on different users"):
+        markdown(read_csv_rows(os.path.join(out, "results.csv")), out, "market")
 
 
 @pytest.mark.parametrize("models, markets, message", [
