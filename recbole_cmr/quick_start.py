@@ -23,7 +23,7 @@ from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
 from recbole_cmr.evaluator import PerUserEvaluator
-from recbole_cmr.trainer import get_trainer, load_checkpoint
+from recbole_cmr.trainer import get_trainer, load_checkpoint, record_finetune_rng_state, restore_finetune_rng_state
 from recbole_cmr.utils import CrossMarketError
 
 PHASES = ("both", "pretrain", "finetune")
@@ -211,6 +211,7 @@ class CrossMarketRun:
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         if hasattr(self.model, "start_finetune"):  # e.g. FOREC forks its target-market head here
             self.model.start_finetune()
+        restore_finetune_rng_state(checkpoint)
 
     def run(self, phase="both", pretrained=None, test_protocols=None):
         """Train and evaluate; returns ``{phase: {protocol: {valid|test: metrics}}}``."""
@@ -224,6 +225,7 @@ class CrossMarketRun:
             trainer = self._fit("pretrain", train_dataloader(self.config, self.built[0], self.built))
             results["pretrain"] = self._evaluate(trainer, test_protocols)
             pretrained = trainer.saved_model_file
+            record_finetune_rng_state(pretrained)
         if phase in ("both", "finetune"):
             if pretrained is None:
                 raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")

@@ -8,6 +8,7 @@ to save tensors and plain metadata only; RecBole's own ``evaluate`` and
 """
 
 import os
+import random
 
 import numpy as np
 import torch
@@ -108,3 +109,34 @@ def load_checkpoint(path, config):
             "fine-tuned on the split it was trained on, otherwise test items leak into training"
         )
     return checkpoint
+
+
+def record_finetune_rng_state(path):
+    """Store in a pre-training checkpoint the global generators' state at which this run's fine-tuning starts.
+
+    Fine-tuning draws negatives (numpy) and dropout masks (torch) from the global generators, whose
+    state after pre-training depends on everything pre-training did; restoring it makes a fine-tune
+    from the file (``--pretrained``, a compare grid's cache) give the numbers of the two-phase run.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    checkpoint["finetune_rng_state"] = {  # types torch.load(weights_only=True) accepts
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+    torch.save(checkpoint, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def restore_finetune_rng_state(checkpoint):
+    """Undo :func:`record_finetune_rng_state`; checkpoints written before it existed leave the state as it is."""
+    state = checkpoint.get("finetune_rng_state")
+    if state is None:
+        return
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -173,6 +173,14 @@ def test_finetune_starts_from_best_pretrained_weights(tiny_root, tmp_path):
     assert {r["phase"] for r in rows} == {"finetune"}
 
 
+def test_finetuning_from_a_saved_pretraining_gives_the_two_phase_numbers(tiny_root, tmp_path):
+    """The pre-training checkpoint carries the generators' state at which the run's fine-tuning started."""
+    path, both = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path))
+    _, resumed = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path), phase="finetune",
+                     pretrained=os.path.join(path, "pretrain.pth"))
+    assert resumed == [r for r in both if r["phase"] == "finetune"]
+
+
 def test_same_seed_same_metrics(tiny_root, tmp_path):
     _, first = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=3), saved=False)
     _, second = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=3), saved=False)
