@@ -24,6 +24,7 @@ import shutil
 import time
 
 import numpy as np
+import torch
 from scipy import stats
 
 from recbole_cmr.config import PROTOCOLS
@@ -116,7 +117,7 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
         cell_dict["train_markets"] = SCOPES[scope]
     name = pretrained_name(cell, protocol, config_file_list, cell_dict)
     cached = os.path.join(pretrained_dir, name) if name else None
-    reuse = cached if cached and os.path.exists(cached) else None
+    reuse = cached if cached and os.path.exists(cached) and _records_finetune_rng_state(cached) else None
     if reuse:
         print(f"  fine-tuning from the pre-trained {cached}", flush=True)
     started = time.time()
@@ -134,6 +135,11 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
              "selected_on": protocol, "protocol": r["protocol"], "split": r["split"],
              **{m: r[m] for m in (*METRICS, "mrr@10")}, "seconds": seconds}
             for r in rows if r["phase"] == final]
+
+
+def _records_finetune_rng_state(path):
+    """Only such a cached pre-training fine-tunes to the numbers of a two-phase run; older ones are redone."""
+    return "finetune_rng_state" in torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _cell_name(cell):

@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from recbole_cmr.compare import compare, markdown
 from recbole_cmr.utils import CrossMarketError, read_csv_rows
@@ -81,3 +82,17 @@ def test_two_phase_pretraining_is_reused_where_the_protocol_allows(tiny_root, tm
     assert pretrained_runs("paper", "ACMR") == [True]
     table = open(tmp_path / "paper" / "table.md").read()
     assert "| FOREC |" in table and "protocol `paper`" in table
+    # a cached pre-training without the generators' state cannot reproduce the two-phase run: it is redone
+    forec = str(tmp_path / "pretrained" / cached[-1])
+    checkpoint = torch.load(forec, weights_only=True)
+    del checkpoint["finetune_rng_state"]
+    torch.save(checkpoint, forec)
+    compare(["FOREC"], ["bb"], [1], "market", ["++"], str(tmp_path / "market-again"), settings)
+    assert pretrained_runs("market-again", "FOREC") == [True]
+    assert "finetune_rng_state" in torch.load(forec, weights_only=True)
+
+    def forec_metrics(protocol):
+        rows = read_csv_rows(str(tmp_path / protocol / "results.csv"))
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["label"] == "FOREC"]
+
+    assert forec_metrics("market-again") == forec_metrics("market")
