@@ -99,8 +99,6 @@ def _main(parser, args, unknown):
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     overrides = config_overrides(parser, unknown, files)
     config_dict = {**overrides, "dataset": args.dataset}
-    if args.protocol is not None:
-        config_dict["eval_protocol"] = args.protocol.lower()
     tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
     if args.compare:
         from recbole_cmr.compare import compare
@@ -110,10 +108,12 @@ def _main(parser, args, unknown):
             raise CrossMarketError(f"--compare sets {', '.join(grid_set)} per cell; drop the override")
         out = compare(args.models.split(","), args.markets.split(","), int_list(args.seeds, "--seeds"),
                       (args.protocol or "market").lower(), args.scopes.split(","), args.out,
-                      {**overrides, "dataset": args.dataset}, args.pretrained_dir, files, tests)
+                      config_dict, args.pretrained_dir, files, tests)
         print(open(f"{out}/table.md").read())
         print(f"comparison directory: {out}")
         return 0
+    if args.protocol is not None:
+        config_dict["eval_protocol"] = args.protocol.lower()
     if args.tune:
         out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address)
         print(open(f"{out}/summary.md").read())

@@ -78,8 +78,6 @@ def pretrained_name(cell, protocol, config_file_list, config_dict):
     ignored = RUN_ONLY_KEYS | (EVALUATION_KEYS if selection == "last" else set())
     settings = {k: v for k, v in config.final_config_dict.items()
                 if k not in ignored and isinstance(v, (str, int, float, bool, list, dict, type(None)))}
-    if settings["split_seed"] == settings["seed"]:
-        settings["split_seed"] = None  # the default, as recorded in the names of checkpoints cached before
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
 
@@ -89,7 +87,10 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
 
     The first run records them in ``settings.json``; a later run with other settings is refused.
     """
-    files = [open(f, encoding="utf-8").read() for f in config_file_list or []]  # contents, wherever the clone is
+    files = []  # contents, wherever the clone is
+    for name in config_file_list or []:
+        with open(name, encoding="utf-8") as f:
+            files.append(f.read())
     settings = json.loads(json.dumps({"config": {k: v for k, v in config_dict.items() if k not in RUN_ONLY_KEYS},
                                       "config_files": files}, sort_keys=True, default=str))
     path = os.path.join(out_dir, "settings.json")

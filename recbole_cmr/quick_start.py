@@ -276,7 +276,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     if phase not in PHASES:
         raise CrossMarketError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
     config = make_config(model, market, config_file_list, config_dict)
-    if test_protocols is None or test_protocols:
+    if test_protocols != []:  # [] (searches): no test metric at all
         test_protocols = list(dict.fromkeys([config["eval_protocol"], *(test_protocols or [])]))
     for protocol in test_protocols:
         if protocol not in PROTOCOLS:
