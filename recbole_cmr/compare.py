@@ -17,6 +17,7 @@ under the same protocol; one that keeps its last epoch (FOREC) serves every
 protocol.
 """
 
+import glob
 import hashlib
 import json
 import os
@@ -110,6 +111,15 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
     os.replace(path + ".tmp", path)
 
 
+def remove_stale_runs(runs_dir):
+    """Run folders still named ``*.incomplete`` when a grid starts belong to cells that were killed."""
+    stale = sorted(glob.glob(os.path.join(runs_dir, "*.incomplete")))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    if stale:
+        print(f"removed {len(stale)} unfinished run folder(s) of interrupted cells from {runs_dir}", flush=True)
+
+
 def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_dir, pretrained_dir):
     label, model, scope, market, seed = cell
     cell_dict = {**config_dict, "eval_protocol": protocol, "seed": int(seed), "state": "WARNING",
@@ -118,7 +128,7 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
         cell_dict["train_markets"] = SCOPES[scope]
     name = pretrained_name(cell, protocol, config_file_list, cell_dict)
     cached = os.path.join(pretrained_dir, name) if name else None
-    reuse = cached if cached and os.path.exists(cached) and _records_finetune_rng_state(cached) else None
+    reuse = cached if cached and os.path.exists(cached) and _reusable_pretraining(cached) else None
     if reuse:
         print(f"  fine-tuning from the pre-trained {cached}", flush=True)
     started = time.time()
@@ -138,9 +148,15 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
             for r in rows if r["phase"] == final]
 
 
-def _records_finetune_rng_state(path):
-    """Only such a cached pre-training fine-tunes to the numbers of a two-phase run; older ones are redone."""
-    return "finetune_rng_state" in torch.load(path, map_location="cpu", weights_only=True)
+def _reusable_pretraining(path):
+    """A cached pre-training is reused only if it records what a fine-tune needs to give the two-phase run's
+    numbers (the generators' state, the items it trained on); older or unreadable ones are pre-trained again."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, foreign or unsafe files: replaced by a new pre-training
+        print(f"  cached pre-training {path} cannot be read ({type(err).__name__}); pre-training again", flush=True)
+        return False
+    return isinstance(checkpoint, dict) and "finetune_rng_state" in checkpoint and "trained_items" in checkpoint
 
 
 def _cell_name(cell):
@@ -287,6 +303,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     if rows and any(r["selected_on"] != protocol for r in rows):
         raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
     check_grid_settings(out_dir, config_file_list, config_dict)
+    remove_stale_runs(os.path.join(out_dir, "runs"))
     for cell in cells:
         key = (cell[0], cell[3].lower(), str(cell[4]))
         if all(any((r["label"], r["market"], str(r["seed"])) == key and r["protocol"] == p for r in rows)

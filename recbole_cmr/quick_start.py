@@ -16,14 +16,16 @@ import shutil
 import time
 
 import numpy as np
+import torch
 from recbole.utils import ModelType, init_seed
 from recbole.utils.logger import RemoveColorFilter
 
 from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
-from recbole_cmr.evaluator import PerUserEvaluator
-from recbole_cmr.trainer import get_trainer, load_checkpoint, record_finetune_rng_state, restore_finetune_rng_state
+from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
+from recbole_cmr.trainer import (get_trainer, load_checkpoint, load_state_dict, record_finetune_rng_state,
+                                 restore_finetune_rng_state)
 from recbole_cmr.utils import CrossMarketError
 
 PHASES = ("both", "pretrain", "finetune")
@@ -43,19 +45,57 @@ def make_config(model, market=None, config_file_list=None, config_dict=None):
     return config
 
 
-def check_training_parameters(config):
-    """Reject training settings no run can use, before any data is read."""
-    problems = []
-    if not isinstance(config["learning_rate"], (int, float)) or config["learning_rate"] <= 0:
-        problems.append(f"learning_rate must be > 0, got {config['learning_rate']!r}")
-    if not isinstance(config["epochs"], int) or config["epochs"] < 1:
-        problems.append(f"epochs must be an integer >= 1, got {config['epochs']!r}")
-    if not isinstance(config["train_batch_size"], int) or config["train_batch_size"] < 1:
-        problems.append(f"train_batch_size must be an integer >= 1, got {config['train_batch_size']!r}")
-    if not isinstance(config["eval_neg_num"], int) or config["eval_neg_num"] < 1:
-        problems.append(f"eval_neg_num must be an integer >= 1, got {config['eval_neg_num']!r}")
+def _is_int(value, low):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+#: key -> (accepts the value, what it must be); keys a model does not have are skipped.
+SETTING_RULES = {
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "epochs": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "train_batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "eval_batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "eval_step": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "stopping_step": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "eval_neg_num": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "split_seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "pretrain_epochs": (lambda v: v is None or _is_int(v, 1), "an integer >= 1, or ~ for the epochs cap"),
+    "dropout_prob": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "topk": (lambda v: isinstance(v, list) and bool(v) and all(_is_int(k, 1) for k in v),
+             "a non-empty list of integers >= 1"),
+    "metrics": (lambda v: isinstance(v, list) and bool(v) and all(str(m).lower() in FAIR_METRICS for m in v),
+                f"a list of ranking metrics from {', '.join(m.capitalize() for m in FAIR_METRICS)}"),
+    "untrained_items": (lambda v: v in UNTRAINED_ITEM_RULES, f"one of {', '.join(UNTRAINED_ITEM_RULES)}"),
+}
+
+
+def check_settings(settings):
+    """Reject settings no run can use, before any data is read; ``settings`` is a final config dict."""
+    problems = [f"{key} must be {what}, got {settings[key]!r}" for key, (accepts, what) in SETTING_RULES.items()
+                if key in settings and not accepts(settings[key])]
+    if not problems:
+        valid_metric = str(settings.get("valid_metric")).lower()
+        name, _, k = valid_metric.partition("@")
+        if name not in [str(m).lower() for m in settings["metrics"]] or not k.isdigit() or int(k) not in settings["topk"]:
+            problems.append(f"valid_metric must be one of the configured metrics at one of topk "
+                            f"(e.g. NDCG@{settings['topk'][0]}), got {settings.get('valid_metric')!r}")
+    check_model_settings = getattr(settings.get("model_class"), "check_settings", None)
+    if not problems and check_model_settings:
+        problems += check_model_settings(settings)
     if problems:
-        raise CrossMarketError("impossible hyper-parameters: " + "; ".join(problems))
+        raise CrossMarketError("impossible settings: " + "; ".join(problems))
+
+
+def check_training_parameters(config):
+    """:func:`check_settings` on a Config."""
+    check_settings({**config.final_config_dict, "model_class": config.model_class})
 
 
 def check_model_fits(config):
@@ -85,6 +125,19 @@ def protocol_config(config, protocol):
     other._set_eval_neg_sample_args("valid")
     other._set_eval_neg_sample_args("test")
     return other
+
+
+def training_items(dataset):
+    """Items in the rows a model trains on (and in their item lists, for sequential models), as a mask."""
+    feat = dataset.inter_feat
+    items = [feat[dataset.iid_field].reshape(-1)]
+    list_field = getattr(dataset, "item_id_list_field", None)
+    if list_field and list_field in feat:
+        items.append(feat[list_field].reshape(-1))
+    mask = torch.zeros(dataset.item_num, dtype=torch.bool)
+    mask[torch.cat(items)] = True
+    mask[0] = False  # padding
+    return mask
 
 
 def _flat(result):
@@ -153,6 +206,7 @@ class CrossMarketRun:
         self.model = model_class(config, self.built[0]).to(config["device"])
         self.logger.info(self.model)
         self.per_user_test = {}  # protocol -> metric -> per-user test values of the last evaluated phase
+        self.trained_items = torch.zeros(self.dataset.item_num, dtype=torch.bool)  # over every phase so far
 
     def _split_summary(self):
         train, valid, test = self.built
@@ -168,7 +222,10 @@ class CrossMarketRun:
         return train_dataloader(self.config, target, self.built)
 
     def _fit(self, phase, train_data):
+        self.trained_items |= training_items(train_data.dataset)
         trainer = get_trainer(self.config)(self.config, self.model)
+        if self.config["untrained_items"] == "last":
+            trainer.eval_collector.trained_items = self.trained_items
         trainer.saved_model_file = self.run_dir.file(f"{phase}.pth")
         if phase == "pretrain" and self.config["pretrain_epochs"]:
             trainer.epochs = min(trainer.epochs, int(self.config["pretrain_epochs"]))
@@ -189,7 +246,6 @@ class CrossMarketRun:
         if not test_protocols:
             return {self.config["eval_protocol"]: {"valid": _flat(trainer.evaluate(self.valid_data))}}
         results = {}
-        trainer.evaluator = PerUserEvaluator(self.config)
         for protocol in test_protocols:
             if protocol == self.config["eval_protocol"]:
                 valid_data, test_data = self.valid_data, self.test_data
@@ -204,10 +260,11 @@ class CrossMarketRun:
 
     def _load_pretrained(self, path):
         checkpoint = load_checkpoint(path, self.config)
-        try:
-            self.model.load_state_dict(checkpoint["state_dict"])
-        except RuntimeError as err:
-            raise CrossMarketError(f"checkpoint {path} does not fit this model's shapes: {err}") from None
+        if "trained_items" not in checkpoint or len(checkpoint["trained_items"]) != len(self.trained_items):
+            raise CrossMarketError(f"checkpoint {path} does not record which items its pre-training saw (written by "
+                                   "an older recbole-cmr, or for other data); pre-train again")
+        load_state_dict(self.model, checkpoint, path)
+        self.trained_items |= checkpoint["trained_items"]
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
         if hasattr(self.model, "start_finetune"):  # e.g. FOREC forks its target-market head here
             self.model.start_finetune()
@@ -225,7 +282,7 @@ class CrossMarketRun:
             trainer = self._fit("pretrain", train_dataloader(self.config, self.built[0], self.built))
             results["pretrain"] = self._evaluate(trainer, test_protocols)
             pretrained = trainer.saved_model_file
-            record_finetune_rng_state(pretrained)
+            record_finetune_rng_state(pretrained, self.trained_items)
         if phase in ("both", "finetune"):
             if pretrained is None:
                 raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")

@@ -1,20 +1,26 @@
-"""RecBole trainers whose checkpoints load with ``torch.load(weights_only=True)``.
+"""RecBole trainers with weights-only checkpoints, fair evaluation and TensorBoard files in the run directory.
 
 RecBole 1.2.1 pickles its ``Config`` into every checkpoint, which torch >= 2.6
 refuses to load by default (``UnpicklingError``), and which would run arbitrary
 code if it were allowed. Our trainers override one hook, ``_save_checkpoint``,
 to save tensors and plain metadata only; RecBole's own ``evaluate`` and
-``resume_checkpoint`` then load them unchanged.
+``resume_checkpoint`` then load them unchanged. Their collector and evaluator
+are the fair-tie ones of :mod:`recbole_cmr.evaluator`.
 """
 
+import contextlib
 import os
+import pickle
 import random
 
 import numpy as np
+import recbole.trainer.trainer as recbole_trainer_module
 import torch
 from recbole.utils import EvaluatorType, ModelType
 from recbole.utils import get_trainer as get_recbole_trainer
+from torch.utils.tensorboard import SummaryWriter
 
+from recbole_cmr.evaluator import FairEvaluator, FairRankingCollector
 from recbole_cmr.utils import CrossMarketError
 
 #: Config keys stored in a checkpoint; a checkpoint is reusable only where the split is the same.
@@ -55,6 +61,35 @@ class WeightsOnlyCheckpointMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
 
+@contextlib.contextmanager
+def _tensorboard_beside_log_file():
+    """RecBole's trainers open ``./log_tensorboard/<log name>`` in the current directory; while this
+    context is open they write to ``tensorboard/`` beside the run's log file instead."""
+    recbole_writer = recbole_trainer_module.get_tensorboard
+
+    def writer(logger):
+        for handler in logger.handlers:
+            if hasattr(handler, "baseFilename"):
+                return SummaryWriter(os.path.join(os.path.dirname(handler.baseFilename), "tensorboard"))
+        return recbole_writer(logger)
+
+    recbole_trainer_module.get_tensorboard = writer
+    try:
+        yield
+    finally:
+        recbole_trainer_module.get_tensorboard = recbole_writer
+
+
+class FairEvaluationMixin:
+    """RecBole's trainer with the fair-tie collector and evaluator (per-user values kept)."""
+
+    def __init__(self, config, model):
+        with _tensorboard_beside_log_file():
+            super().__init__(config, model)
+        self.eval_collector = FairRankingCollector(config)
+        self.evaluator = FairEvaluator(config)
+
+
 class SequentialCandidateScoringMixin:
     """Overrides RecBole's ``_neg_sample_batch_eval`` for sequential models under sampled protocols.
 
@@ -77,10 +112,10 @@ class SequentialCandidateScoringMixin:
 
 
 def get_trainer(config):
-    """RecBole's trainer class for the model, with weights-only checkpoints (and one-pass candidate
-    scoring for sequential models)."""
+    """RecBole's trainer class for the model, with weights-only checkpoints, fair evaluation (and
+    one-pass candidate scoring for sequential models)."""
     base = get_recbole_trainer(config["MODEL_TYPE"], config["model"])
-    mixins = (WeightsOnlyCheckpointMixin,)
+    mixins = (WeightsOnlyCheckpointMixin, FairEvaluationMixin)
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         mixins += (SequentialCandidateScoringMixin,)
     return type(f"CrossMarket{base.__name__}", (*mixins, base), {})
@@ -92,13 +127,25 @@ def load_checkpoint(path, config):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CrossMarketError(f"checkpoint {path} does not exist; pass the pretrain.pth of an earlier run") from None
+    except IsADirectoryError:
+        raise CrossMarketError(f"checkpoint {path} is a folder; pass the pretrain.pth file inside a run folder") from None
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise CrossMarketError(f"checkpoint {path} cannot be read (it is truncated or not a torch file); it must "
+                                   "be a pretrain.pth/finetune.pth written by recbole-cmr") from None
+        # torch's own message suggests weights_only=False: never for a file that failed the safe load
+        raise CrossMarketError(
+            f"checkpoint {path} holds pickled Python objects, which are never loaded (they can run code); "
+            "pass a pretrain.pth/finetune.pth written by recbole-cmr"
+        ) from None
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise CrossMarketError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+            f"checkpoint {path} cannot be read ({type(err).__name__}); "
             "it must be a pretrain.pth/finetune.pth written by recbole-cmr"
         ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "config" not in checkpoint:
-        raise CrossMarketError(f"checkpoint {path} was not written by recbole-cmr (no state_dict/config)")
+    if not _has_checkpoint_layout(checkpoint):
+        raise CrossMarketError(f"checkpoint {path} was not written by recbole-cmr (it lacks a state_dict of "
+                               "tensors or the config of its split); pass a pretrain.pth of an earlier run")
     expected = checkpoint_metadata(config)
     mismatched = {k: (checkpoint["config"].get(k), v) for k, v in expected.items()
                   if k != "seed" and checkpoint["config"].get(k) != v}
@@ -111,8 +158,35 @@ def load_checkpoint(path, config):
     return checkpoint
 
 
-def record_finetune_rng_state(path):
-    """Store in a pre-training checkpoint the global generators' state at which this run's fine-tuning starts.
+def _has_checkpoint_layout(checkpoint):
+    """The structure our trainers write: a dict with a tensor ``state_dict`` and a ``config`` dict."""
+    return (isinstance(checkpoint, dict) and isinstance(checkpoint.get("config"), dict)
+            and isinstance(checkpoint.get("state_dict"), dict)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint["state_dict"].items())
+            and isinstance(checkpoint.get("trained_items", torch.empty(0)), torch.Tensor))
+
+
+def load_state_dict(model, checkpoint, path):
+    """Load a checkpoint's weights into ``model``, or say in one line how they do not fit."""
+    state = checkpoint["state_dict"]
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or resized:
+        parts = [f"{len(keys)} {what} (first: {keys[0]}{shape})" for keys, what, shape in (
+            (missing, "missing weight(s)", ""), (unexpected, "unexpected weight(s)", ""),
+            (resized, "weight(s) of another shape",
+             f" {tuple(state[resized[0]].shape)} vs {tuple(expected[resized[0]].shape)}" if resized else ""))
+            if keys]
+        raise CrossMarketError(f"checkpoint {path} does not fit this model ({'; '.join(parts)}); it was trained "
+                               "with other hyper-parameters: use the same config as its run")
+    model.load_state_dict(state)
+
+
+def record_finetune_rng_state(path, trained_items):
+    """Store in a pre-training checkpoint the global generators' state at which this run's fine-tuning starts,
+    and the items its pre-training trained on (see ``untrained_items``).
 
     Fine-tuning draws negatives (numpy) and dropout masks (torch) from the global generators, whose
     state after pre-training depends on everything pre-training did; restoring it makes a fine-tune
@@ -126,6 +200,7 @@ def record_finetune_rng_state(path):
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
         "python": [version, list(internal), gauss_next],
     }
+    checkpoint["trained_items"] = trained_items.clone()
     torch.save(checkpoint, path + ".tmp")
     os.replace(path + ".tmp", path)
 

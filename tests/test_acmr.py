@@ -142,7 +142,7 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
                      callback_fn=lambda phase, epoch, score: scores.append((phase, score)))
     assert os.path.isdir(path) and not path.endswith(".incomplete")
     assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "per_user_test.npz", "pretrain.pth",
-                                        "results.csv", "results.json", "run.log"]
+                                        "results.csv", "results.json", "run.log", "tensorboard"]
     assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
     assert {(r["phase"], r["protocol"], r["split"]) for r in rows} == {
         (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full") for sp in ("valid", "test")}
@@ -198,9 +198,9 @@ def test_ablation_switches(tiny_root, tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"n_heads": 3}, "n_heads \\(3\\) must be a positive divisor of embedding_size \\(8\\)"),
-    ({"max_history_len": 0}, "max_history_len \\(SL\\) must be >= 1"),
-    ({"learning_rate": 0}, "learning_rate must be > 0"),
-    ({"dropout_prob": 1.5}, "dropout_prob must be in \\[0, 1\\)"),
+    ({"max_history_len": 0}, "max_history_len \\(SL\\) must be an integer >= 1"),
+    ({"learning_rate": 0}, "learning_rate must be a number > 0"),
+    ({"dropout_prob": 1.5}, "dropout_prob must be a number in \\[0, 1\\)"),
 ])
 def test_impossible_hyper_parameters(tiny_root, tmp_path, overrides, message):
     with pytest.raises(CrossMarketError, match=message):

@@ -54,6 +54,59 @@ class CrossMarketDataset(Dataset):
                 f"naming each interaction's market (see 'python -m recbole_cmr.data.convert'), "
                 f"or point MARKET_FIELD at the column that holds it"
             )
+        self._check_rows(inter_path)
+        self._lower_case_markets(inter_path)
+
+    def _check_rows(self, inter_path):
+        """Refuse rows RecBole would drop or misread without a word: none is silently lost."""
+        feat = self.inter_feat
+        if feat.empty:
+            raise CrossMarketError(f"atomic file {inter_path} has a header but no rows; add interactions")
+        empty = feat.isna() | feat.apply(lambda column: column.astype(str).str.strip() == "")
+        bad = empty.any(axis=1).to_numpy()
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            fields = [c for c in feat.columns if empty[c].iloc[first]]
+            raise CrossMarketError(
+                f"atomic file {inter_path}: line {first + 2} has no value for {', '.join(fields)} "
+                f"({int(bad.sum())} such row(s)); every row needs a value in each of the header's "
+                f"{len(feat.columns)} tab-separated fields: fill or remove those rows"
+            )
+        duplicates = feat.duplicated([self.uid_field, self.iid_field]).to_numpy()
+        if duplicates.any():
+            first = int(np.flatnonzero(duplicates)[0])
+            raise CrossMarketError(
+                f"atomic file {inter_path}: line {first + 2} repeats a (user, item) pair of an earlier line "
+                f"({int(duplicates.sum())} such row(s)); a repeated pair could put one interaction in both train "
+                "and test: keep one row per pair (python -m recbole_cmr.data.convert keeps the earliest)"
+            )
+
+    def _lower_case_markets(self, inter_path):
+        """Market names are case-insensitive: tokens are lower-cased, and tokens differing only in case refused."""
+        tokens = self.inter_feat[self.market_field].astype(str)
+        distinct = sorted(tokens.unique())
+        by_lower = {}
+        for token in distinct:
+            by_lower.setdefault(token.lower(), []).append(token)
+        clashes = [names for names in by_lower.values() if len(names) > 1]
+        if clashes:
+            raise CrossMarketError(
+                f"atomic file {inter_path}: market names {' / '.join(repr(n) for n in clashes[0])} differ only in "
+                "case; market names are case-insensitive, so write each market one way"
+            )
+        changed = [t for t in distinct if t != t.lower()]
+        if changed:
+            self.logger.info(f"market names lower-cased: {', '.join(changed)} (markets are case-insensitive)")
+            self.inter_feat[self.market_field] = tokens.str.lower()
+
+    def _reset_index(self):
+        if self.inter_feat.empty:  # RecBole's own message blames "some feat"
+            raise CrossMarketError(
+                f"no interaction is left after filtering (user_inter_num_interval: "
+                f"{self.config['user_inter_num_interval']}, ...); the data has too few interactions per user for "
+                "a leave-one-out split: add data or loosen the filters"
+            )
+        super()._reset_index()
 
     @property
     def markets(self):
@@ -88,6 +141,9 @@ class CrossMarketDataset(Dataset):
         scope = str(self.config["train_markets"]).lower()
         if scope not in TRAIN_SCOPES:
             raise CrossMarketError(f"unknown train_markets {scope!r}; choose one of {', '.join(TRAIN_SCOPES)}")
+        if scope == "source" and not source_ids:
+            raise CrossMarketError("train_markets: source trains on the source markets, but there are none; "
+                                   "list some in source_markets (or use train_markets: target)")
         order = str(self.config["split_order"]).lower()
         if order not in SPLIT_ORDERS:
             raise CrossMarketError(f"unknown split_order {order!r}; choose one of {', '.join(SPLIT_ORDERS)}")

@@ -87,7 +87,9 @@ class ACMR(GeneralRecommender):
         self.use_market_embedding = config["use_market_embedding"]
         self.history_keeps_positive = config["history_keeps_positive"]
         self.LABEL = config["LABEL_FIELD"]
-        self._check_hyper_parameters(config)
+        problems = self.check_settings(config.final_config_dict)
+        if problems:
+            raise CrossMarketError("impossible ACMR hyper-parameters: " + "; ".join(problems))
 
         history, _ = dataset.train_history()
         self.register_buffer("history_items", history, persistent=False)
@@ -108,25 +110,25 @@ class ACMR(GeneralRecommender):
         self.loss_fct = nn.BCEWithLogitsLoss()
         self.apply(self._init_weights)
 
-    def _check_hyper_parameters(self, config):
+    @staticmethod
+    def check_settings(settings):
+        """Problems with ACMR's hyper-parameters in a final config dict (checked before any data is read)."""
         problems = []
-        if not isinstance(self.embedding_size, int) or self.embedding_size < 1:
-            problems.append(f"embedding_size must be a positive integer, got {self.embedding_size!r}")
-        elif not isinstance(self.n_heads, int) or self.n_heads < 1 or self.embedding_size % self.n_heads:
-            problems.append(f"n_heads ({self.n_heads!r}) must be a positive divisor of embedding_size ({self.embedding_size})")
-        if not isinstance(self.n_layers, int) or self.n_layers < 1:
-            problems.append(f"n_layers must be >= 1, got {self.n_layers!r}")
-        if not isinstance(self.max_history_len, int) or self.max_history_len < 1:
-            problems.append(f"max_history_len (SL) must be >= 1, got {self.max_history_len!r}")
-        if not 0 <= self.dropout_prob < 1:
-            problems.append(f"dropout_prob must be in [0, 1), got {self.dropout_prob!r}")
-        if not isinstance(self.bucket_rows, int) or self.bucket_rows < 1:
-            problems.append(f"bucket_rows must be >= 1, got {self.bucket_rows!r}")
-        neg = config["train_neg_sample_args"]
+        d, heads = settings["embedding_size"], settings["n_heads"]
+        if not isinstance(d, int) or d < 1:
+            problems.append(f"embedding_size must be a positive integer, got {d!r}")
+        elif not isinstance(heads, int) or heads < 1 or d % heads:
+            problems.append(f"n_heads ({heads!r}) must be a positive divisor of embedding_size ({d})")
+        for key, what in (("n_layers", "n_layers"), ("max_history_len", "max_history_len (SL)"),
+                          ("bucket_rows", "bucket_rows")):
+            if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
+                problems.append(f"{what} must be an integer >= 1, got {settings[key]!r}")
+        if not isinstance(settings["dropout_prob"], (int, float)) or not 0 <= settings["dropout_prob"] < 1:
+            problems.append(f"dropout_prob must be in [0, 1), got {settings['dropout_prob']!r}")
+        neg = settings["train_neg_sample_args"]
         if not neg or neg.get("distribution") == "none" or not neg.get("sample_num"):
             problems.append("ACMR trains with BCE on sampled negatives: set train_neg_sample_args.sample_num >= 1")
-        if problems:
-            raise CrossMarketError("impossible ACMR hyper-parameters: " + "; ".join(problems))
+        return problems
 
     @staticmethod
     def _init_weights(module):
