@@ -88,6 +88,15 @@ def main(argv=None):
     except CrossMarketError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # an output folder that is read-only, a file, or on a full disk
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write or read{where}: {err.strerror or err}; choose a writable folder with free "
+              "space (--checkpoint_dir, --out) and check the input paths", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; unfinished run folders were removed (a --compare grid resumes where it stopped)",
+              file=sys.stderr)
+        return 130
     finally:
         sys.argv = program_argv
 

@@ -31,7 +31,7 @@ from scipy import stats
 from recbole_cmr.config import PROTOCOLS
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.quick_start import make_config, run
-from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows
+from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
 
 SCOPES = {"single": "target", "++": "all"}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -106,9 +106,7 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
             raise CrossMarketError(f"{out_dir} holds cells run with other settings ({', '.join(changed)} differ; "
                                    f"recorded in {path}); use those settings or choose another --out")
         return
-    with open(path + ".tmp", "w") as f:
-        json.dump(settings, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_text(path, json.dumps(settings, indent=2, sort_keys=True))
 
 
 def remove_stale_runs(runs_dir):
@@ -278,7 +276,7 @@ def plot(rows, path, protocol):
         ax.set_title(f"{metric} ({protocol})")
     fig.tight_layout(rect=(0, 0, 4 * len(METRICS) / (4 * len(METRICS) + 2.5), 1))
     fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
     plt.close(fig)
 
 
@@ -316,7 +314,6 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
         write_csv_rows(results, rows, FIELDS)
         for p in sorted({r["protocol"] for r in rows}):
             suffix = "" if p == protocol else f"-{p}"
-            with open(os.path.join(out_dir, f"table{suffix}.md"), "w") as f:
-                f.write(markdown(rows, out_dir, p))
+            write_text(os.path.join(out_dir, f"table{suffix}.md"), markdown(rows, out_dir, p))
             plot(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
     return out_dir

@@ -65,21 +65,35 @@ class CrossMarketConfig(Config):
         self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])
 
 
+def read_config_file(path):
+    """A config yaml as a dict, or one error saying what is wrong with the file."""
+    if os.path.isdir(path):
+        raise CrossMarketError(f"config file {path} is a folder; pass yaml files (comma separated)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            loaded = yaml.load(f, Loader=yaml.FullLoader)  # RecBole's loader family
+    except FileNotFoundError:
+        raise CrossMarketError(f"config file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise CrossMarketError(f"config file {path} is not valid yaml: {' '.join(str(err).split())}") from None
+    if not isinstance(loaded, dict):
+        what = "nothing" if loaded is None else f"a {type(loaded).__name__}"
+        raise CrossMarketError(f"config file {path} holds {what}; it must map config keys to values "
+                               "(e.g. 'learning_rate: 0.001')")
+    return loaded
+
+
 def known_config_keys(config_file_list=None):
     """Every key a yaml defines (RecBole's, the plugin's, the given files'): a command-line key outside it is a typo."""
     roots = (os.path.join(os.path.dirname(recbole.__file__), "properties"), PLUGIN_PROPERTIES)
     paths = [os.path.join(folder, name) for root in roots for folder, _, names in os.walk(root)
              for name in names if name.endswith(".yaml")]
     keys = set()
-    for path in paths + list(config_file_list or []):
-        try:
-            with open(path, encoding="utf-8") as f:
-                loaded = yaml.load(f, Loader=yaml.FullLoader)  # RecBole's loader family
-        except FileNotFoundError:
-            raise CrossMarketError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise CrossMarketError(f"config file {path} is not valid yaml: {err}") from None
-        keys.update(loaded if isinstance(loaded, dict) else {})
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            keys.update(yaml.load(f, Loader=yaml.FullLoader) or {})
+    for path in config_file_list or []:
+        keys.update(read_config_file(path))
     return keys
 
 

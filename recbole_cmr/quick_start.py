@@ -20,7 +20,7 @@ import torch
 from recbole.utils import ModelType, init_seed
 from recbole.utils.logger import RemoveColorFilter
 
-from recbole_cmr.config import PROTOCOLS, CrossMarketConfig
+from recbole_cmr.config import PROTOCOLS, CrossMarketConfig, read_config_file
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
 from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
@@ -36,6 +36,8 @@ def make_config(model, market=None, config_file_list=None, config_dict=None):
     """The run's Config: plugin yaml < files < dict (< RecBole's own command-line overrides)."""
     config_dict = dict(config_dict or {})
     config_dict.setdefault("dataset", "xmarket")
+    for path in config_file_list or []:
+        read_config_file(path)
     if market is not None:
         config_dict["target_market"] = str(market).lower()
     config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],

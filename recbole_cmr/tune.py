@@ -30,7 +30,7 @@ import time
 
 import yaml
 
-from recbole_cmr.quick_start import REPORTED_METRICS, make_config, run
+from recbole_cmr.quick_start import REPORTED_METRICS, check_settings, make_config, run
 from recbole_cmr.utils import CrossMarketError, write_csv_rows
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -48,7 +48,7 @@ def load_search(path):
     except FileNotFoundError:
         raise CrossMarketError(f"search file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise CrossMarketError(f"search file {path} is not valid yaml: {err}") from None
+        raise CrossMarketError(f"search file {path} is not valid yaml: {' '.join(str(err).split())}") from None
     unknown = set(search) - set(DEFAULTS) - {"space"}
     if unknown:
         raise CrossMarketError(f"search file {path}: unknown key(s) {sorted(unknown)}; "
@@ -98,6 +98,14 @@ def check_parameters(search, model, market, config_files, config_dict):
     if missing:
         raise CrossMarketError(f"model {model} has no parameter(s) {missing}; searchable keys are those of "
                                f"RecBole's and the plugin's yaml for {model}")
+    for name, spec in search["space"].items():
+        (kind, args), = spec.items()
+        values = args if kind in ("choice", "grid") else [args[0], args[1] - 1 if kind == "randint" else args[1]]
+        for value in values:
+            try:
+                check_settings({**config.final_config_dict, name: value, "model_class": config.model_class})
+            except CrossMarketError as err:
+                raise CrossMarketError(f"search space: {name} = {value!r} cannot run ({err})") from None
     return config
 
 

@@ -66,12 +66,32 @@ def read_csv_rows(path):
         return list(csv.DictReader(f))
 
 
-def write_csv_rows(path, rows, fields=None):
-    """Write rows atomically (temporary file + rename), so an interrupted run never leaves half a file."""
-    fields = fields or list(dict.fromkeys(k for r in rows for k in r))
+def write_atomically(path, write, mode="w"):
+    """Call ``write(file)`` on a temporary file renamed to ``path`` when complete, so an interrupted run or a
+    full disk never leaves half a file (the temporary file is removed on failure)."""
     tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    try:
+        with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path, text):
+    """Write ``text`` to ``path`` atomically."""
+    write_atomically(path, lambda f: f.write(text))
+
+
+def write_csv_rows(path, rows, fields=None):
+    """Write rows as CSV atomically."""
+    fields = fields or list(dict.fromkeys(k for r in rows for k in r))
+
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+
+    write_atomically(path, write)

@@ -1,0 +1,246 @@
+"""Hostile and careless input: one `error:` line, exit 2, nothing half-written, nothing silently changed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_tiny_dataset
+
+from recbole_cmr.compare import compare
+from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.quick_start import make_config, run
+from recbole_cmr.trainer import load_checkpoint, load_state_dict
+from recbole_cmr.tune import tune_model
+from recbole_cmr.utils import CrossMarketError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from run_recbole_cmr import main  # noqa: E402
+
+
+def tiny_lines(tmp_path, name="edited"):
+    """The tiny dataset's lines, to edit and write back with :func:`write_lines`."""
+    root = write_tiny_dataset(str(tmp_path / "atomic"), name=name)
+    with open(os.path.join(root, name, f"{name}.inter")) as f:
+        return root, f.read().splitlines()
+
+
+def write_lines(root, lines, name="edited"):
+    with open(os.path.join(root, name, f"{name}.inter"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def split_of(root, name="edited", market="bb", **overrides):
+    config = make_config("Pop", market, config_dict={"dataset": name, "data_path": root, "state": "WARNING",
+                                                      "eval_neg_num": 20, **overrides})
+    dataset = create_dataset(config)
+    return dataset, dataset.build()
+
+
+def cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+# --- silent data changes -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda cells: cells[:4], "line 5 has no value for market"),                 # a missing column
+    (lambda cells: cells[:4] + [""], "line 5 has no value for market"),          # an empty market
+    (lambda cells: [cells[0], "", *cells[2:]], "line 5 has no value for item_id"),
+    (lambda cells: cells[:2] + [""] + cells[3:], "line 5 has no value for rating"),
+])
+def test_a_row_with_a_missing_value_is_refused_not_dropped(tmp_path, edit, message):
+    root, lines = tiny_lines(tmp_path)
+    lines[4] = "\t".join(edit(lines[4].split("\t")))
+    write_lines(root, lines)
+    with pytest.raises(CrossMarketError, match=message):
+        split_of(root)
+
+
+def test_header_only_and_duplicate_rows_are_refused(tmp_path):
+    root, lines = tiny_lines(tmp_path)
+    write_lines(root, lines[:1])
+    with pytest.raises(CrossMarketError, match="has a header but no rows"):
+        split_of(root)
+    write_lines(root, lines + [lines[3]])
+    with pytest.raises(CrossMarketError, match=f"line {len(lines) + 1} repeats a \\(user, item\\) pair"):
+        split_of(root)
+
+
+def test_market_names_are_case_insensitive_in_the_file_too(tmp_path):
+    root, lines = tiny_lines(tmp_path)
+    _, lower = split_of(root)
+    upper = [lines[0]] + [line.replace("\tbb", "\tBB") for line in lines[1:]]
+    write_lines(root, upper)
+    dataset, built = split_of(root, market="BB")
+    assert "bb" in dataset.markets and "BB" not in dataset.markets
+    for a, b in zip(lower, built):  # the same split as the lower-case file
+        assert np.array_equal(a.inter_feat["item_id"].numpy(), b.inter_feat["item_id"].numpy())
+    bb_rows = [i for i, line in enumerate(upper) if line.endswith("\tBB")]
+    mixed = [line.replace("\tBB", "\tbb") if i == bb_rows[0] else line for i, line in enumerate(upper)]
+    write_lines(root, mixed)
+    with pytest.raises(CrossMarketError, match="market names 'BB' / 'bb' differ only in case"):
+        split_of(root)
+
+
+def test_no_source_market_and_nothing_left_after_filtering(tmp_path, tiny_root):
+    with pytest.raises(CrossMarketError, match="train_markets: source .* there are none"):
+        split_of(tiny_root, "tiny", train_markets="source", source_markets=[])
+    with pytest.raises(CrossMarketError, match="no interaction is left after filtering"):
+        split_of(tiny_root, "tiny", user_inter_num_interval="[100,inf)")
+
+
+# --- settings and files ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arg, message", [
+    ("--eval_batch_size=0", "eval_batch_size must be an integer >= 1, got 0"),
+    ("--valid_metric=AUC", "valid_metric must be one of the configured metrics"),
+    ("--metrics=['AUC']", "metrics must be a list of ranking metrics"),
+    ("--seed=abc", "seed must be an integer >= 0, got 'abc'"),
+    ("--split_seed=-1", "split_seed must be an integer >= 0, got -1"),
+    ("--pretrain_epochs=-1", "pretrain_epochs must be an integer >= 1"),
+    ("--untrained_items=first", "untrained_items must be one of last, score"),
+])
+def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
+    code, err = cli(["--model=ACMR", arg, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds nothing"), ("- 1\n- 2\n", "holds a list"), (None, "is a folder"), ("a: [\n", "is not valid yaml"),
+])
+def test_bad_config_files(tmp_path, capsys, content, message):
+    path = tmp_path / "conf.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_text(content)
+    code, err = cli(["--model=Pop", f"--config_files={path}", f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
+    assert code == 2 and len(err) == 1 and message in err[0]
+    with pytest.raises(CrossMarketError, match=message):  # the Python API says the same
+        make_config("Pop", "in", config_file_list=[str(path)])
+
+
+def test_an_output_folder_that_is_a_file(tiny_root, tmp_path, capsys):
+    blocker = tmp_path / "saved"
+    blocker.write_text("not a folder")
+    code, err = cli(["--model=Pop", "--market=bb", "--dataset=tiny", f"--data_path={tiny_root}",
+                     f"--checkpoint_dir={blocker}"], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot write or read") and "saved" in err[0]
+
+
+def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_path):
+    saved = tmp_path / "saved"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=bb",
+                             "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}",
+                             "--epochs=100000", "--pretrain_epochs=100000", "--stopping_step=100000",
+                             "--embedding_size=8", "--n_heads=2", "--n_layers=1", "--eval_neg_num=20"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/run.log"))):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert "Traceback" not in err
+    assert list(saved.iterdir()) == []
+
+
+# --- checkpoints -------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def acmr_checkpoint(tiny_root, tmp_path_factory):
+    saved = tmp_path_factory.mktemp("saved")
+    config_dict = {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(saved), "epochs": 1,
+                   "eval_neg_num": 20, "state": "WARNING", "embedding_size": 8, "n_heads": 2, "n_layers": 1}
+    path, _ = run("ACMR", "bb", config_dict=config_dict, phase="pretrain")
+    return os.path.join(path, "pretrain.pth"), config_dict
+
+
+def test_checkpoints_of_the_wrong_structure_or_architecture(acmr_checkpoint, tmp_path):
+    path, config_dict = acmr_checkpoint
+    good = torch.load(path, weights_only=True)
+    config = make_config("ACMR", "bb", config_dict=config_dict)
+    for name, content in [("list", [1, 2]), ("state_list", {**good, "state_dict": [1]}),
+                          ("config_list", {**good, "config": ["x"]}), ("tensor", torch.zeros(3))]:
+        torch.save(content, tmp_path / f"{name}.pth")
+        with pytest.raises(CrossMarketError, match="was not written by recbole-cmr"):
+            load_checkpoint(str(tmp_path / f"{name}.pth"), config)
+    wider = make_config("ACMR", "bb", config_dict={**config_dict, "embedding_size": 16})
+    dataset = create_dataset(wider)
+    model = wider.model_class(wider, dataset.build()[0])
+    with pytest.raises(CrossMarketError) as err:
+        load_state_dict(model, good, path)
+    assert "weight(s) of another shape (first: item_embedding.weight" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unsafe_checkpoint_is_never_suggested_to_load_unsafely(acmr_checkpoint, tmp_path):
+    path, config_dict = acmr_checkpoint
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"state_dict": {}, "config": {}, "payload": np.random.default_rng(0)}, unsafe)
+    with pytest.raises(CrossMarketError) as err:
+        load_checkpoint(str(unsafe), make_config("ACMR", "bb", config_dict=config_dict))
+    assert "never loaded" in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_fuzzed_checkpoints_give_one_error(acmr_checkpoint, tmp_path):
+    """Truncations and byte flips of a real checkpoint: loading either works or raises CrossMarketError."""
+    path, config_dict = acmr_checkpoint
+    config = make_config("ACMR", "bb", config_dict=config_dict)
+    dataset = create_dataset(config)
+    model = config.model_class(config, dataset.build()[0])
+    data = open(path, "rb").read()
+    rng = np.random.default_rng(0)
+    for case in range(40):
+        broken = bytearray(data[: int(rng.integers(0, len(data)))] if case % 2 else data)
+        for position in rng.integers(0, len(broken), size=int(rng.integers(1, 20))) if broken else []:
+            broken[position] = int(rng.integers(0, 256))
+        target = tmp_path / f"fuzz{case}.pth"
+        target.write_bytes(bytes(broken))
+        try:
+            load_state_dict(model, load_checkpoint(str(target), config), str(target))
+        except CrossMarketError:
+            pass
+
+
+# --- searches and grids ------------------------------------------------------------------------------------------
+
+def test_a_search_value_out_of_range_fails_before_ray(tiny_root, tmp_path):
+    import yaml
+
+    search = tmp_path / "search.yaml"
+    search.write_text(yaml.safe_dump({"num_samples": 1, "fixed": {"epochs": 1},
+                                      "space": {"learning_rate": {"choice": [0.001, -0.01]}}}))
+    with pytest.raises(CrossMarketError, match="learning_rate = -0.01 cannot run"):
+        tune_model("Pop", "bb", str(search), config_dict={"dataset": "tiny", "data_path": tiny_root,
+                                                          "checkpoint_dir": str(tmp_path / "saved")})
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_grid_replaces_a_corrupt_cached_pretraining_and_removes_stale_run_folders(tiny_root, tmp_path, capsys):
+    out, cache = tmp_path / "grid", tmp_path / "pretrained"
+    stale = out / "runs" / "FOREC-bb-market-seed1-x.incomplete"
+    stale.mkdir(parents=True)
+    cache.mkdir()
+    settings = {"dataset": "tiny", "data_path": tiny_root, "epochs": 1, "pretrain_epochs": 1, "eval_neg_num": 20}
+    from recbole_cmr.compare import pretrained_name
+
+    name = pretrained_name(("FOREC", "FOREC", "cross-market", "bb", 1), "market", None,
+                           {**settings, "state": "WARNING", "checkpoint_dir": str(out / "runs")})
+    (cache / name).write_bytes(b"garbage")
+    compare(["FOREC"], ["bb"], [1], "market", ["single"], str(out), settings, str(cache))
+    printed = capsys.readouterr().out
+    assert "removed 1 unfinished run folder" in printed and not stale.exists()
+    assert f"cached pre-training {cache / name} cannot be read" in printed
+    assert "finetune_rng_state" in torch.load(cache / name, weights_only=True)
