@@ -5,11 +5,15 @@
     python bench/compare_markets.py --markets FR --models SASRec --scopes single
 
 Every model is selected on valid under the sound ``market`` protocol and the
-selected model is tested under ``market`` and under the paper's protocol, so
-one training serves both tables: ``bench/results/compare/`` holds results.csv,
-table.md and plot.png (``market``), table-paper.md and plot-paper.png
-(``paper``), the per-user test metrics and summary.md (test NDCG@10 per market, one
-table per protocol, the tables the README shows). Re-running the command skips the
+selected model is tested under ``market``, ``full`` and the paper's protocol, so
+one training serves every table: ``bench/results/compare/`` holds results.csv,
+table.md and plot.png (``market``), table-full.md, table-paper.md and their plots,
+the per-user test metrics and summary.md (test NDCG@10 per market, one
+table per protocol, the tables the README shows). Metrics are expected values over
+random order among tied candidates; candidates outside a model's training rows rank
+last (``untrained_items: last``). The grid evaluated with RecBole's tie order
+(lowest item id first) and model scores for untrained items is kept, for reference,
+in ``bench/results/compare-topk-ties/``. Re-running the command skips the
 finished cells, so the grid grows market by market and seed by seed.
 
 Settings shared by every model: ``epochs`` (50) caps every training phase and
@@ -27,11 +31,12 @@ from collections import defaultdict
 import numpy as np
 
 from recbole_cmr.compare import compare, mean_text
-from recbole_cmr.utils import read_csv_rows
+from recbole_cmr.utils import read_csv_rows, write_text
 
 MODELS = "ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,LightGCN,SASRec,FOREC,MANeuMF,M3Rec"
 SETTINGS = {"epochs": 50, "stopping_step": 5}
 MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
+PROTOCOL_ORDER = ("market", "full", "paper")  # the sound ones first
 
 
 def summary(out_dir, metric="ndcg@10"):
@@ -41,18 +46,19 @@ def summary(out_dir, metric="ndcg@10"):
     for r in rows:
         values[(r["label"], r["market"], r["protocol"])].append(float(r[metric]))
         seeds[r["market"]].add(r["seed"])
-        if r["protocol"] == "market":  # one training serves both protocols: count its time once
+        if r["protocol"] == "market":  # one training serves every protocol: count its time once
             seconds[r["label"]] += float(r["seconds"])
     markets = sorted(seeds, key=lambda m: MARKET_ORDER.index(m) if m in MARKET_ORDER else len(MARKET_ORDER))
     rank = {model: i for i, model in enumerate(MODELS.split(","))}  # ACMR, the built-ins, the cross-market baselines
     row_of = {r["label"]: r for r in rows}
     labels = sorted(row_of, key=lambda label: (rank.get(row_of[label]["model"], len(rank)), row_of[label]["scope"] == "++"))
-    out = [f"# Test {metric.upper()} per market under the `market` and `paper` protocols\n",
+    out = [f"# Test {metric.upper()} per market under the `market`, `full` and `paper` protocols\n",
            "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(sorted(seeds[m]))}" for m in markets) +
            "); best per column in bold; an empty cell has not been run, and one run on fewer of the market's "
            "seeds says how many. Every model selected on valid under "
-           "`market`, then tested under both protocols; wall minutes summed over the model's cells on this machine.\n"]
-    for protocol in ("market", "paper"):
+           "`market`, then tested under each protocol; ties count as their expected value over a random order, "
+           "untrained candidates rank last; wall minutes summed over the model's cells on this machine.\n"]
+    for protocol in PROTOCOL_ORDER:
         best = {m: max((np.mean(v) for (_, vm, p), v in values.items() if (vm, p) == (m, protocol)), default=None)
                 for m in markets}
         wall = protocol == "market"
@@ -65,9 +71,7 @@ def summary(out_dir, metric="ndcg@10"):
             out.append(f"| {label} | " + " | ".join(cells) + (f" | {seconds[label] / 60:.1f} |" if wall else " |"))
         out.append("")
     path = os.path.join(out_dir, "summary.md")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(out))
-    os.replace(path + ".tmp", path)
+    write_text(path, "\n".join(out))
     return path
 
 
@@ -86,7 +90,7 @@ def main(argv=None):
         started = time.time()
         out = compare(args.models.split(","), [market], [int(s) for s in args.seeds.split(",")], "market",
                       args.scopes.split(","), os.path.join(args.results, "compare"), {"dataset": "xmarket", **SETTINGS},
-                      os.path.join(work, "pretrained"), test_protocols=["paper"])
+                      os.path.join(work, "pretrained"), test_protocols=["full", "paper"])
         print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md, "
               f"{summary(out)}", flush=True)
     return 0

@@ -30,6 +30,7 @@ from scipy import stats
 
 from recbole_cmr.config import PROTOCOLS
 from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.quick_start import make_config, run
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
 
@@ -93,7 +94,7 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
         with open(name, encoding="utf-8") as f:
             files.append(f.read())
     settings = json.loads(json.dumps({"config": {k: v for k, v in config_dict.items() if k not in RUN_ONLY_KEYS},
-                                      "config_files": files}, sort_keys=True, default=str))
+                                      "config_files": files, "evaluation": EVALUATION}, sort_keys=True, default=str))
     path = os.path.join(out_dir, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -103,6 +104,8 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
                              if recorded["config"].get(k) != settings["config"].get(k))
             if recorded["config_files"] != settings["config_files"]:
                 changed.append("--config_files")
+            if recorded.get("evaluation") != settings["evaluation"]:
+                changed.append("the evaluation rules (ties, untrained items)")
             raise CrossMarketError(f"{out_dir} holds cells run with other settings ({', '.join(changed)} differ; "
                                    f"recorded in {path}); use those settings or choose another --out")
         return

@@ -21,6 +21,8 @@ from recbole.evaluator.metrics import MRR, NDCG, Hit, Precision, Recall
 from recbole_cmr.utils import CrossMarketError
 
 UNTRAINED_ITEM_RULES = ("last", "score")
+#: Recorded with every comparison grid, so cells evaluated under other rules never share a table.
+EVALUATION = "expected value over random order among ties"
 
 
 def expected_positions(scores, positive_u, positive_i, trained_items, k):

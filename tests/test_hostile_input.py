@@ -97,6 +97,31 @@ def test_no_source_market_and_nothing_left_after_filtering(tmp_path, tiny_root):
         split_of(tiny_root, "tiny", user_inter_num_interval="[100,inf)")
 
 
+def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
+    """Random careless edits: the split either builds or raises CrossMarketError, never another exception."""
+    root, lines = tiny_lines(tmp_path)
+    rng = np.random.default_rng(1)
+    edits = [
+        lambda cells: cells[: int(rng.integers(0, len(cells)))],                       # columns cut off
+        lambda cells: [c if rng.random() > 0.3 else "" for c in cells],                # blanked values
+        lambda cells: cells + ["extra"],                                               # one field too many
+        lambda cells: [cells[0], cells[1], "five", *cells[3:]],                        # a non-number rating
+        lambda cells: [*cells[:4], cells[4].upper()],                                  # market case
+        lambda cells: [" ", *cells[1:]],                                               # a blank user
+    ]
+    for case in range(30):
+        edited = list(lines)
+        for row in rng.integers(1, len(lines), size=int(rng.integers(1, 4))):
+            edited[row] = "\t".join(edits[int(rng.integers(0, len(edits)))](edited[row].split("\t")))
+        if case % 5 == 0:
+            edited.append(edited[int(rng.integers(1, len(edited)))])                   # a repeated row
+        write_lines(root, edited)
+        try:
+            split_of(root)
+        except CrossMarketError:
+            pass
+
+
 # --- settings and files ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("arg, message", [
