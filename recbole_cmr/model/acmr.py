@@ -18,6 +18,7 @@ from recbole.utils import InputType
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from recbole_cmr.model.acmr_kernels import KERNEL_MODES, fused_layer_forward, load_kernels
 from recbole_cmr.utils import CrossMarketError
 
 #: Training buckets whose attention maps exceed this many floats per layer are recomputed in backward.
@@ -87,6 +88,10 @@ class ACMR(GeneralRecommender):
         self.use_market_embedding = config["use_market_embedding"]
         self.history_keeps_positive = config["history_keeps_positive"]
         self.LABEL = config["LABEL_FIELD"]
+        self.fused = config["fused_kernels"] != "eager" and load_kernels() is not None
+        if config["fused_kernels"] == "fused" and not self.fused:
+            raise CrossMarketError("fused_kernels: fused, but ACMR's CPU kernels could not be built here (see the "
+                                   "warning above: a C++ compiler and ninja are needed); use fused_kernels: auto")
         problems = self.check_settings(config.final_config_dict)
         if problems:
             raise CrossMarketError("impossible ACMR hyper-parameters: " + "; ".join(problems))
@@ -123,6 +128,8 @@ class ACMR(GeneralRecommender):
                           ("bucket_rows", "bucket_rows")):
             if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
                 problems.append(f"{what} must be an integer >= 1, got {settings[key]!r}")
+        if settings["fused_kernels"] not in KERNEL_MODES:
+            problems.append(f"fused_kernels must be one of {', '.join(KERNEL_MODES)}, got {settings['fused_kernels']!r}")
         if not isinstance(settings["dropout_prob"], (int, float)) or not 0 <= settings["dropout_prob"] < 1:
             problems.append(f"dropout_prob must be in [0, 1), got {settings['dropout_prob']!r}")
         neg = settings["train_neg_sample_args"]
@@ -162,6 +169,11 @@ class ACMR(GeneralRecommender):
         if self.market_embedding is not None:
             x = x + self.market_embedding(markets).unsqueeze(1)
         x = self.embedding_dropout(self.embedding_norm(x))
+        if self.fused:  # attention maps are never stored: nothing to recompute
+            lengths = (~padding).sum(1)  # real positions come first
+            for layer in self.layers:
+                x = fused_layer_forward(layer, x, lengths)
+            return self._score(x, padding)
         attention_bias = torch.zeros(padding.shape, dtype=x.dtype, device=x.device)
         attention_bias = attention_bias.masked_fill(padding, float("-inf"))[:, None, None, :]
         # Wide training buckets recompute their layers in backward instead of keeping the
@@ -170,6 +182,10 @@ class ACMR(GeneralRecommender):
         recompute = self.training and torch.is_grad_enabled() and attention_floats > RECOMPUTE_ATTENTION_FLOATS
         for layer in self.layers:
             x = checkpoint(layer, x, attention_bias, use_reentrant=False) if recompute else layer(x, attention_bias)
+        return self._score(x, padding)
+
+    def _score(self, x, padding):
+        """Logits from the encoded sequences: mean of the history outputs, concatenated with the candidate's."""
         history_mask = (~padding[:, 1:]).unsqueeze(-1).to(x.dtype)
         user = (x[:, 1:] * history_mask).sum(1) / history_mask.sum(1).clamp(min=1.0)
         return self.prediction(torch.cat([user, x[:, 0]], dim=-1)).squeeze(-1)
