@@ -26,7 +26,8 @@ from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
 from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
 from recbole_cmr.trainer import (get_trainer, load_checkpoint, load_state_dict, record_finetune_rng_state,
                                  restore_finetune_rng_state)
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.plots import learning_curves
+from recbole_cmr.utils import CrossMarketError, choose_threads, write_csv_rows
 
 PHASES = ("both", "pretrain", "finetune")
 REPORTED_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
@@ -75,6 +76,8 @@ SETTING_RULES = {
     "metrics": (lambda v: isinstance(v, list) and bool(v) and all(str(m).lower() in FAIR_METRICS for m in v),
                 f"a list of ranking metrics from {', '.join(m.capitalize() for m in FAIR_METRICS)}"),
     "untrained_items": (lambda v: v in UNTRAINED_ITEM_RULES, f"one of {', '.join(UNTRAINED_ITEM_RULES)}"),
+    "torch_threads": (lambda v: v == "auto" or _is_int(v, 1), "auto or an integer >= 1"),
+    "cmr_plots": (lambda v: isinstance(v, bool), "True or False"),
 }
 
 
@@ -198,6 +201,9 @@ class CrossMarketRun:
         self.run_dir = run_dir
         self.callback_fn = callback_fn
         self.logger = logging.getLogger()
+        threads = choose_threads(config["torch_threads"])
+        torch.set_num_threads(threads)
+        self.logger.info(f"torch threads: {threads} (torch_threads: {config['torch_threads']})")
         init_seed(config["seed"], config["reproducibility"])
         self.dataset = create_dataset(config)
         self.built = self.dataset.build()
@@ -209,6 +215,7 @@ class CrossMarketRun:
         self.logger.info(self.model)
         self.per_user_test = {}  # protocol -> metric -> per-user test values of the last evaluated phase
         self.trained_items = torch.zeros(self.dataset.item_num, dtype=torch.bool)  # over every phase so far
+        self.learning_curves = []  # one row per epoch of every phase: training loss and valid metrics
 
     def _split_summary(self):
         train, valid, test = self.built
@@ -238,7 +245,15 @@ class CrossMarketRun:
         valid_data = None if phase == "pretrain" and not self.config["pretrain_valid"] else self.valid_data
         trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"],
                     callback_fn=callback)
+        self._record_curve(phase, trainer.epoch_history)
         return trainer
+
+    def _record_curve(self, phase, history):
+        """Keep a phase's epochs, marking the one it selected (best valid score, or the last without valid)."""
+        metric = self.config["valid_metric"].lower()
+        scored = [row for row in history if metric in row]
+        selected = max(scored, key=lambda row: row[metric]) if scored else (history[-1] if history else None)
+        self.learning_curves += [{"phase": phase, **row, "selected": row is selected} for row in history]
 
     def _evaluate(self, trainer, test_protocols):
         """Valid and test metrics of the phase's best checkpoint, per requested protocol.
@@ -365,6 +380,12 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        if runner.learning_curves:
+            write_csv_rows(run_dir.file("learning_curves.csv"), runner.learning_curves)
+            if config["cmr_plots"]:
+                learning_curves(runner.learning_curves, run_dir.file("learning_curves.png"),
+                                f"{config['model']} on {config['target_market'].upper()}, valid under "
+                                f"{config['eval_protocol']}, seed {config['seed']}", config["valid_metric"].lower())
         if runner.per_user_test:
             test_users = np.unique(runner.built[2].inter_feat[config["USER_ID_FIELD"]].numpy())
             np.savez(run_dir.file("per_user_test.npz"), user_id=test_users,

@@ -90,6 +90,26 @@ class FairEvaluationMixin:
         self.evaluator = FairEvaluator(config)
 
 
+class EpochHistoryMixin:
+    """Records each training epoch's loss and the valid metrics computed after it (learning curves)."""
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        self.epoch_history = []
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+        total = sum(float(part) for part in loss) if isinstance(loss, tuple) else float(loss)
+        self.epoch_history.append({"epoch": epoch_idx, "train_loss": total})
+        return loss
+
+    def _valid_epoch(self, valid_data, *args, **kwargs):
+        score, result = super()._valid_epoch(valid_data, *args, **kwargs)
+        if self.epoch_history:
+            self.epoch_history[-1].update({k: float(v) for k, v in result.items()})
+        return score, result
+
+
 class SequentialCandidateScoringMixin:
     """Overrides RecBole's ``_neg_sample_batch_eval`` for sequential models under sampled protocols.
 
@@ -115,7 +135,7 @@ def get_trainer(config):
     """RecBole's trainer class for the model, with weights-only checkpoints, fair evaluation (and
     one-pass candidate scoring for sequential models)."""
     base = get_recbole_trainer(config["MODEL_TYPE"], config["model"])
-    mixins = (WeightsOnlyCheckpointMixin, FairEvaluationMixin)
+    mixins = (WeightsOnlyCheckpointMixin, FairEvaluationMixin, EpochHistoryMixin)
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         mixins += (SequentialCandidateScoringMixin,)
     return type(f"CrossMarket{base.__name__}", (*mixins, base), {})

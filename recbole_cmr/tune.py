@@ -167,6 +167,8 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     base = check_parameters(search, model, market, config_files, config_dict)
     config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
     config_dict.update(search["fixed"])
+    # each trial owns its CPUs: torch threads beside other busy trials would oversubscribe the machine
+    config_dict.setdefault("torch_threads", max(1, int(search["resources_per_trial"].get("cpu") or 1)))
     out_dir = os.path.abspath(out_dir or os.path.join(
         base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))
     os.makedirs(out_dir, exist_ok=False)

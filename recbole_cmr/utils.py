@@ -4,6 +4,7 @@ import csv
 import difflib
 import os
 import re
+import time
 import pkgutil
 
 import recbole.model
@@ -95,3 +96,34 @@ def write_csv_rows(path, rows, fields=None):
         writer.writerows(rows)
 
     write_atomically(path, write)
+
+
+def _busy_cores_of_other_processes(window=0.25):
+    """Cores kept busy by other processes over a short window (from /proc/stat, minus this process)."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        own = os.times()
+        return sum(fields) - fields[3] - fields[4], sum(fields), own.user + own.system
+
+    busy_a, total_a, own_a = sample()
+    time.sleep(window)
+    busy_b, total_b, own_b = sample()
+    cores = os.cpu_count() or 1
+    if total_b == total_a:
+        return 0.0
+    busy = (busy_b - busy_a) / (total_b - total_a) * cores
+    return max(0.0, busy - (own_b - own_a) / window)
+
+
+def choose_threads(setting):
+    """torch threads for a run: ``auto`` takes the cores other processes leave idle (at least one), because
+    torch's threads beside another busy process run several times slower than one thread."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = _busy_cores_of_other_processes()
+    except (OSError, ValueError):  # no /proc/stat: torch's default
+        return torch.get_num_threads()
+    return max(1, min(cores, cores - round(busy)))

@@ -1,5 +1,6 @@
 """ACMR: the model's invariances, the two-phase runner and its bad-input errors."""
 
+import csv
 import json
 import os
 
@@ -62,10 +63,11 @@ def test_dropout_masks_keep_the_distribution():
 
 
 def test_recomputed_wide_buckets_give_the_same_loss_and_gradients(acmr, monkeypatch):
-    """Wide buckets recompute their layers in backward; with the RNG replayed nothing changes."""
+    """Wide buckets of the PyTorch path recompute their layers in backward; with the RNG replayed nothing changes."""
     import recbole_cmr.model.acmr as acmr_module
 
     model, train = acmr
+    model.fused = False  # the fused kernels store no attention maps, so they never recompute
     batch = next(iter(train))
 
     def loss_and_grads():
@@ -141,8 +143,15 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
                      test_protocols=["market", "paper", "full"],
                      callback_fn=lambda phase, epoch, score: scores.append((phase, score)))
     assert os.path.isdir(path) and not path.endswith(".incomplete")
-    assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "per_user_test.npz", "pretrain.pth",
-                                        "results.csv", "results.json", "run.log", "tensorboard"]
+    assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "learning_curves.csv", "learning_curves.png",
+                                        "per_user_test.npz", "pretrain.pth", "results.csv", "results.json",
+                                        "run.log", "tensorboard"]
+    with open(os.path.join(path, "learning_curves.csv")) as f:
+        curves = list(csv.DictReader(f))
+    for phase in ("pretrain", "finetune"):
+        epochs = [r for r in curves if r["phase"] == phase]
+        assert [int(r["epoch"]) for r in epochs] == list(range(len(epochs)))
+        assert sum(r["selected"] == "True" for r in epochs) == 1 and all(r["ndcg@5"] for r in epochs)
     assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
     assert {(r["phase"], r["protocol"], r["split"]) for r in rows} == {
         (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full") for sp in ("valid", "test")}

@@ -165,12 +165,16 @@ class ACMR(GeneralRecommender):
     def _encode(self, sequences, markets):
         """Logits of ``[b, 1 + w]`` sequences whose position 0 is the candidate."""
         padding = sequences == 0
+        if self.fused and bool((padding[:, :-1] & ~padding[:, 1:]).any()):
+            # the fused kernels take real positions first; order does not matter to the layers (no positions)
+            sequences = sequences.gather(1, torch.argsort(padding.to(torch.int8), dim=1, stable=True))
+            padding = sequences == 0
         x = self.item_embedding(sequences)
         if self.market_embedding is not None:
             x = x + self.market_embedding(markets).unsqueeze(1)
         x = self.embedding_dropout(self.embedding_norm(x))
         if self.fused:  # attention maps are never stored: nothing to recompute
-            lengths = (~padding).sum(1)  # real positions come first
+            lengths = (~padding).sum(1)
             for layer in self.layers:
                 x = fused_layer_forward(layer, x, lengths)
             return self._score(x, padding)
