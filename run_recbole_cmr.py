@@ -36,7 +36,8 @@ def parse_args(argv):
     parser.add_argument("--markets", default="IN,JP", help="compare: comma list of target markets")
     parser.add_argument("--seeds", default="2020", help="compare: comma list of seeds")
     parser.add_argument("--scopes", default="single,++", help="compare: built-ins' training scopes (single, ++)")
-    parser.add_argument("--out", default=None, help="compare: output directory (default saved/compare-<protocol>)")
+    parser.add_argument("--out", default=None, help="compare: output directory (default saved/compare-<protocol>); "
+                        "tune: the search folder (an interrupted search in it resumes)")
     parser.add_argument("--pretrained_dir", default=None,
                         help="compare: folder of reusable pre-trained checkpoints (default: pretrained/ beside --out)")
     parser.add_argument("--tune", default=None, help="run a Ray Tune search described by this yaml (see props/tune/)")
@@ -124,7 +125,8 @@ def _main(parser, args, unknown):
     if args.protocol is not None:
         config_dict["eval_protocol"] = args.protocol.lower()
     if args.tune:
-        out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address)
+        out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address,
+                         out_dir=args.out)
         print(open(f"{out}/summary.md").read())
         print(f"search directory: {out}")
         return 0

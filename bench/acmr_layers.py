@@ -4,7 +4,8 @@
 
 Times L=4 layers (d=32, H=8, FFN 128, dropout 0.3) on 1024 rows at width n = 13
 (about the mean padded width of a length-bucketed pre-training batch) and n = 51
-(the widest): ACMR's ``TransformerLayer`` forward + backward, and
+(the widest): ACMR's ``TransformerLayer`` forward + backward on PyTorch's ops and on the
+fused CPU kernels, and
 ``torch.nn.TransformerEncoder`` forward + backward, forward alone in train mode and
 forward in eval mode without gradients. Best of three, after one warm-up run.
 Writes ``<out>.json`` and ``<out>.md``.
@@ -13,11 +14,17 @@ Writes ``<out>.json`` and ``<out>.md``.
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
 
 from recbole_cmr.model.acmr import TransformerLayer
+from recbole_cmr.model.acmr_kernels import fused_layer_forward
+from recbole_cmr.utils import write_text
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from acmr_speed import cpu_model  # noqa: E402
 
 ROWS, D, HEADS, LAYERS, DROPOUT = 1024, 32, 8, 4, 0.3
 
@@ -47,6 +54,14 @@ def measure(width):
             h = layer(h, bias)
         h[:, 0].sum().backward()
 
+    lengths = torch.full((ROWS,), width)
+
+    def fused_train():
+        h = x
+        for layer in ours:
+            h = fused_layer_forward(layer, h, lengths)
+        h[:, 0].sum().backward()
+
     def theirs_forward():
         return theirs(x, src_key_padding_mask=padding)
 
@@ -58,6 +73,7 @@ def measure(width):
 
     return {
         "acmr_fwd_bwd_ms": best_ms(ours_train),
+        "acmr_fused_fwd_bwd_ms": best_ms(fused_train),
         "torch_fwd_bwd_ms": best_ms(lambda: theirs_forward()[:, 0].sum().backward()),
         "torch_fwd_train_ms": best_ms(theirs_forward),
         "torch_fwd_eval_no_grad_ms": best_ms(theirs_eval),
@@ -68,21 +84,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "acmr_layers"))
     args = parser.parse_args(argv)
-    result = {"threads": torch.get_num_threads(), "rows": ROWS,
+    result = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "rows": ROWS,
               "widths": {str(width): measure(width) for width in (13, 51)}}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    with open(args.out + ".md", "w") as f:
-        f.write(f"# ACMR layers vs torch.nn.TransformerEncoder (measured {time.strftime('%Y-%m-%d')})\n\n")
-        f.write(f"{LAYERS} layers, d={D}, H={HEADS}, dropout {DROPOUT}, {ROWS} rows, "
-                f"{result['threads']} threads; milliseconds per batch, best of 3.\n\n")
-        f.write("| width n | ACMR fwd+bwd | torch fwd+bwd | torch fwd (train) | torch fwd (eval, no grad) |\n")
-        f.write("|---|---|---|---|---|\n")
-        for width, r in result["widths"].items():
-            f.write(f"| {width} | {r['acmr_fwd_bwd_ms']} | {r['torch_fwd_bwd_ms']} | {r['torch_fwd_train_ms']} "
-                    f"| {r['torch_fwd_eval_no_grad_ms']} |\n")
-    print(open(args.out + ".md").read())
+    write_text(args.out + ".json", json.dumps(result, indent=2))
+    lines = [f"# ACMR layers vs torch.nn.TransformerEncoder (measured {time.strftime('%Y-%m-%d')})\n",
+             f"{LAYERS} layers, d={D}, H={HEADS}, dropout {DROPOUT}, {ROWS} rows, {result['threads']} threads, "
+             f"{result['cpu']}; milliseconds per batch, best of 3.\n",
+             "| width n | ACMR fwd+bwd (PyTorch ops) | ACMR fwd+bwd (fused kernels) | torch fwd+bwd | torch fwd (train) "
+             "| torch fwd (eval, no grad) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {width} | {r['acmr_fwd_bwd_ms']} | {r['acmr_fused_fwd_bwd_ms']} | {r['torch_fwd_bwd_ms']} | "
+              f"{r['torch_fwd_train_ms']} | {r['torch_fwd_eval_no_grad_ms']} |" for width, r in result["widths"].items()]
+    write_text(args.out + ".md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 A search file (yaml, see ``props/tune/``)::
 
+    model: ACMR              # the model the space is written for (optional)
     metric: NDCG@5            # valid metric to maximise (becomes valid_metric)
     search: random            # random (also runs grid entries) | hyperopt | optuna
     num_samples: 8            # samples of the random/hyperopt/optuna part
@@ -19,8 +20,8 @@ A search file (yaml, see ``props/tune/``)::
 Every trial reports its valid metric after each epoch of each phase (so ASHA
 can stop it), and never computes a test metric. After the search the best
 configuration is written as ``best.yaml`` (usable with ``--config_files``) and
-run once more in the driver with test metrics. Re-running a search command
-starts a new search in a new directory (searches are not resumed).
+run once more in the driver with test metrics. A search given its folder (``--out``) again
+resumes where it was interrupted: finished trials are kept, unfinished ones run again.
 """
 
 import copy
@@ -31,12 +32,12 @@ import time
 import yaml
 
 from recbole_cmr.quick_start import REPORTED_METRICS, check_settings, make_config, run
-from recbole_cmr.utils import CrossMarketError, write_csv_rows
+from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SEARCHES = ("random", "hyperopt", "optuna")
 SCHEDULERS = ("asha", "fifo")
-DEFAULTS = {"metric": "NDCG@5", "search": "random", "num_samples": 4, "scheduler": "asha", "grace_period": 1,
+DEFAULTS = {"model": None, "metric": "NDCG@5", "search": "random", "num_samples": 4, "scheduler": "asha", "grace_period": 1,
             "resources_per_trial": {"cpu": 1, "gpu": 0}, "fixed": {}}
 
 
@@ -161,6 +162,9 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     search = load_search(search_file)
+    if search["model"] not in (None, model):
+        raise CrossMarketError(f"search file {search_file} is written for {search['model']}, not {model}; "
+                               f"use --model={search['model']} or a search file of {model}")
     config_files = [os.path.abspath(f) for f in (config_files or [])]
     config_dict = dict(config_dict or {})
     config_dict["valid_metric"] = search["metric"]
@@ -171,8 +175,10 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     config_dict.setdefault("torch_threads", max(1, int(search["resources_per_trial"].get("cpu") or 1)))
     out_dir = os.path.abspath(out_dir or os.path.join(
         base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    os.makedirs(out_dir, exist_ok=False)
-    print(f"new search in {out_dir} (a re-run starts a new search; searches are not resumed)", flush=True)
+    resuming = check_search_folder(out_dir, {"model": model, "market": base["target_market"], "search": search,
+                                             "config": {k: v for k, v in config_dict.items() if k != "data_path"},
+                                             "config_files": config_files})
+    print(f"{'resuming the search' if resuming else 'new search'} in {out_dir}", flush=True)
 
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
@@ -187,7 +193,9 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             scheduler = FIFOScheduler()
         resources = {k: v for k, v in search["resources_per_trial"].items() if v}
         trainable = tune.with_resources(make_trainable(model, market, config_files, config_dict), resources)
-        tuner = tune.Tuner(
+        # an interrupted search keeps its finished trials; unfinished and errored ones run again
+        tuner = tune.Tuner.restore(os.path.join(out_dir, "ray"), trainable, resume_unfinished=True,
+                                   restart_errored=True) if resuming else tune.Tuner(
             trainable,
             param_space=param_space(search),
             tune_config=tune.TuneConfig(metric="valid_score", mode="max", scheduler=scheduler,
@@ -198,6 +206,28 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     finally:
         ray.shutdown()
     return summarize(grid, search, model, market, config_files, config_dict, out_dir)
+
+
+def check_search_folder(out_dir, settings):
+    """Create the search folder, or find an interrupted search of the same settings in it to resume.
+
+    Returns True when resuming. A finished search, or one run with other settings, is refused.
+    """
+    recorded_path = os.path.join(out_dir, "search.json")
+    settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
+    if not os.path.exists(out_dir):
+        os.makedirs(out_dir)
+        write_text(recorded_path, json.dumps(settings, indent=2, sort_keys=True))
+        return False
+    if os.path.exists(os.path.join(out_dir, "summary.md")):
+        raise CrossMarketError(f"{out_dir} holds a finished search (summary.md); choose another --out")
+    if not os.path.exists(recorded_path) or not os.path.isdir(os.path.join(out_dir, "ray")):
+        raise CrossMarketError(f"{out_dir} exists but holds no search to resume; choose another --out")
+    with open(recorded_path) as f:
+        if json.load(f) != settings:
+            raise CrossMarketError(f"{out_dir} holds a search with other settings (see {recorded_path}); resume it "
+                                   "with the same search file and overrides, or choose another --out")
+    return True
 
 
 def summarize(grid, search, model, market, config_files, config_dict, out_dir):

@@ -101,7 +101,26 @@ def test_search_on_a_two_node_cluster(tiny_root, tmp_path):
 def test_shipped_search_files_fit_their_model(tiny_root, tmp_path, search_file):
     from recbole_cmr.tune import check_parameters, load_search
 
-    model = {"acmr": "ACMR", "ease": "EASE", "lightgcn": "LightGCN", "neumf": "NeuMF", "m3rec": "M3Rec",
-             "forec": "FOREC"}[search_file.split(".")[0].split("_")[0]]
     search = load_search(os.path.join(REPO, "props", "tune", search_file))
-    check_parameters(search, model, "bb", None, tiny_dict(tiny_root, tmp_path))
+    assert search["model"], "every shipped search file names its model"
+    check_parameters(search, search["model"], "bb", None, tiny_dict(tiny_root, tmp_path))
+
+
+def test_an_interrupted_search_resumes_in_its_folder_and_other_settings_are_refused(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}}, scheduler="fifo")
+    out = str(tmp_path / "search")
+    tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
+    first = read_csv(os.path.join(out, "trials.csv"))
+    with pytest.raises(CrossMarketError, match="holds a finished search"):
+        tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
+    for name in ("summary.md", "trials.csv", "best.yaml", "best_test.json"):  # as if stopped before summarising
+        os.remove(os.path.join(out, name))
+    with pytest.raises(CrossMarketError, match="holds a search with other settings"):
+        tune_model("Pop", "bb", search, config_dict={**tiny_dict(tiny_root, tmp_path), "weight_decay": 0.01}, out_dir=out)
+    tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
+    again = read_csv(os.path.join(out, "trials.csv"))
+    assert [(t["learning_rate"], t["valid_score"]) for t in again] == [(t["learning_rate"], t["valid_score"])
+                                                                       for t in first]
+    with pytest.raises(CrossMarketError, match="written for ACMR, not EASE"):
+        tune_model("EASE", "bb", os.path.join(REPO, "props", "tune", "acmr.yaml"),
+                   config_dict=tiny_dict(tiny_root, tmp_path))

@@ -343,7 +343,7 @@ void relu_dropout_forward_kernel(const T* a, T* h, int64_t rows, int64_t width, 
 template <typename T>
 void relu_dropout_backward_kernel(const T* grad, const T* h, T* out, int64_t n, T scale) {
   at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-    for (int64_t e = begin; e < end; ++e) out[e] = h[e] > 0 ? grad[e] * scale : T(0);
+    for (int64_t e = begin; e < end; ++e) out[e] = grad[e] * (scale * static_cast<T>(h[e] > 0));  // branch-free
   });
 }
 

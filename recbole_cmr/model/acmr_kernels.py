@@ -42,7 +42,7 @@ def load_kernels():
         # AVX2 + FMA where the CPU has them (every machine of this project's kind), a portable build elsewhere;
         # the name carries the instruction set so a cached build never reaches a CPU without it.
         isa = "avx2" if platform.machine() == "x86_64" and {"avx2", "fma"} <= _cpu_flags() else "generic"
-        flags = ["-O3", "-fopenmp"] + (["-mavx2", "-mfma"] if isa == "avx2" else [])
+        flags = ["-O3", "-fno-trapping-math", "-fopenmp"] + (["-mavx2", "-mfma"] if isa == "avx2" else [])
         module = cpp_extension.load(name=f"recbole_cmr_acmr_kernels_{isa}", sources=[_SOURCE],
                                     extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no ninja, a failed build: the PyTorch layer serves
