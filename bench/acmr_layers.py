@@ -90,10 +90,11 @@ def main(argv=None):
     lines = [f"# ACMR layers vs torch.nn.TransformerEncoder (measured {time.strftime('%Y-%m-%d')})\n",
              f"{LAYERS} layers, d={D}, H={HEADS}, dropout {DROPOUT}, {ROWS} rows, {result['threads']} threads, "
              f"{result['cpu']}; milliseconds per batch, best of 3.\n",
-             "| width n | ACMR fwd+bwd (PyTorch ops) | ACMR fwd+bwd (fused kernels) | torch fwd+bwd | torch fwd (train) "
-             "| torch fwd (eval, no grad) |", "|---|---|---|---|---|---|"]
+             "| width n | ACMR fwd+bwd (PyTorch ops) | ACMR fwd+bwd (fused kernels) | torch fwd+bwd "
+             "| torch fwd (train) | torch fwd (eval, no grad) |", "|---|---|---|---|---|---|"]
     lines += [f"| {width} | {r['acmr_fwd_bwd_ms']} | {r['acmr_fused_fwd_bwd_ms']} | {r['torch_fwd_bwd_ms']} | "
-              f"{r['torch_fwd_train_ms']} | {r['torch_fwd_eval_no_grad_ms']} |" for width, r in result["widths"].items()]
+              f"{r['torch_fwd_train_ms']} | {r['torch_fwd_eval_no_grad_ms']} |"
+              for width, r in result["widths"].items()]
     write_text(args.out + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -130,7 +130,8 @@ def main(argv=None):
             print(path, results[path], flush=True)
     summary = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "cores": os.cpu_count(),
                "threads": args.threads, "market": args.market, "torch": torch.__version__,
-               "pretrain_speedup": round(results["eager"]["pretrain_epoch_s"] / results["fused"]["pretrain_epoch_s"], 2),
+               "pretrain_speedup": round(results["eager"]["pretrain_epoch_s"]
+                                         / results["fused"]["pretrain_epoch_s"], 2),
                **{path: results[path] for path in PATHS}}
     write_text(args.out + ".json", json.dumps(summary, indent=2))
     keys = list(dict.fromkeys(k for path in PATHS for k in results[path]))

@@ -51,7 +51,8 @@ def summary(out_dir, metric="ndcg@10"):
     markets = sorted(seeds, key=lambda m: MARKET_ORDER.index(m) if m in MARKET_ORDER else len(MARKET_ORDER))
     rank = {model: i for i, model in enumerate(MODELS.split(","))}  # ACMR, the built-ins, the cross-market baselines
     row_of = {r["label"]: r for r in rows}
-    labels = sorted(row_of, key=lambda label: (rank.get(row_of[label]["model"], len(rank)), row_of[label]["scope"] == "++"))
+    labels = sorted(row_of, key=lambda label: (rank.get(row_of[label]["model"], len(rank)),
+                                               row_of[label]["scope"] == "++"))
     out = [f"# Test {metric.upper()} per market under the `market`, `full` and `paper` protocols\n",
            "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(sorted(seeds[m]))}" for m in markets) +
            "); best per column in bold; an empty cell has not been run, and one run on fewer of the market's "
@@ -66,8 +67,8 @@ def summary(out_dir, metric="ndcg@10"):
                 "| model | " + " | ".join(m.upper() for m in markets) + (" | wall min |" if wall else " |"),
                 "|---|" + "---|" * (len(markets) + wall)]
         for label in labels:
-            cells = [mean_text(values[(label, m, protocol)], best[m], len(seeds[m])) if (label, m, protocol) in values else ""
-                     for m in markets]
+            cells = [mean_text(values[(label, m, protocol)], best[m], len(seeds[m]))
+                     if (label, m, protocol) in values else "" for m in markets]
             out.append(f"| {label} | " + " | ".join(cells) + (f" | {seconds[label] / 60:.1f} |" if wall else " |"))
         out.append("")
     path = os.path.join(out_dir, "summary.md")
@@ -81,7 +82,8 @@ def main(argv=None):
     parser.add_argument("--markets", default="IN,JP")
     parser.add_argument("--seeds", default="2020")
     parser.add_argument("--models", default=MODELS)
-    parser.add_argument("--scopes", default="single,++", help="built-ins' training scopes (cross-market models ignore it)")
+    parser.add_argument("--scopes", default="single,++",
+                        help="built-ins' training scopes (cross-market models ignore it)")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it

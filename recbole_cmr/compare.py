@@ -228,9 +228,9 @@ def markdown(rows, out_dir, protocol):
         out.append(f"\n## {metric} (protocol `{protocol}`)\n")
         out.append("| model | " + " | ".join(m.upper() for m in markets) + " |")
         out.append("|---|" + "---|" * len(markets))
-        means = {(l, m): [float(r[metric]) for r in test if r["label"] == l and r["market"] == m]
-                 for l in labels for m in markets}
-        best = {m: max((np.mean(v) for (l, mk), v in means.items() if mk == m and v), default=None) for m in markets}
+        means = {(label, m): [float(r[metric]) for r in test if r["label"] == label and r["market"] == m]
+                 for label in labels for m in markets}
+        best = {m: max((np.mean(v) for (_, mk), v in means.items() if mk == m and v), default=None) for m in markets}
         for label in labels:
             cells_md = []
             for m in markets:
@@ -241,13 +241,14 @@ def markdown(rows, out_dir, protocol):
                 cells_md.append(mean_text(v, best[m], len(seeds[m])))
             out.append(f"| {label} | " + " | ".join(cells_md) + " |")
     if "ACMR" in labels and len(labels) > 1:
-        out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed and user "
+        out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed "
+                   "and user "
                    "over the seeds both have; the NDCG@10 columns are each model's mean over its own seeds)\n")
         out.append("| market | best other model | its NDCG@10 | ACMR NDCG@10 | p-value |\n|---|---|---|---|---|")
         for m in markets:
-            scores = {l: np.mean([float(r["ndcg@10"]) for r in test if r["label"] == l and r["market"] == m] or [np.nan])
-                      for l in labels}
-            others = {l: s for l, s in scores.items() if l != "ACMR" and not np.isnan(s)}
+            scores = {label: np.mean([float(r["ndcg@10"]) for r in test if r["label"] == label and r["market"] == m]
+                                     or [np.nan]) for label in labels}
+            others = {label: s for label, s in scores.items() if label != "ACMR" and not np.isnan(s)}
             if not others or np.isnan(scores["ACMR"]):
                 continue
             rival = max(others, key=others.get)

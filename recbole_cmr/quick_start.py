@@ -24,9 +24,14 @@ from recbole_cmr.config import PROTOCOLS, CrossMarketConfig, read_config_file
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
 from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
-from recbole_cmr.trainer import (get_trainer, load_checkpoint, load_state_dict, record_finetune_rng_state,
-                                 restore_finetune_rng_state)
 from recbole_cmr.plots import learning_curves
+from recbole_cmr.trainer import (
+    get_trainer,
+    load_checkpoint,
+    load_state_dict,
+    record_finetune_rng_state,
+    restore_finetune_rng_state,
+)
 from recbole_cmr.utils import CrossMarketError, choose_threads, write_csv_rows
 
 PHASES = ("both", "pretrain", "finetune")
@@ -88,7 +93,8 @@ def check_settings(settings):
     if not problems:
         valid_metric = str(settings.get("valid_metric")).lower()
         name, _, k = valid_metric.partition("@")
-        if name not in [str(m).lower() for m in settings["metrics"]] or not k.isdigit() or int(k) not in settings["topk"]:
+        metrics = [str(m).lower() for m in settings["metrics"]]
+        if name not in metrics or not k.isdigit() or int(k) not in settings["topk"]:
             problems.append(f"valid_metric must be one of the configured metrics at one of topk "
                             f"(e.g. NDCG@{settings['topk'][0]}), got {settings.get('valid_metric')!r}")
     check_model_settings = getattr(settings.get("model_class"), "check_settings", None)
@@ -108,7 +114,8 @@ def check_model_fits(config):
     model, scope = config["model"], str(config["train_markets"]).lower()
     if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
         raise CrossMarketError(f"{model} is a knowledge-aware model: it needs knowledge-graph files (.kg, .link) "
-                               "that the cross-market data does not have; choose a general, sequential or context model")
+                               "that the cross-market data does not have; choose a general, sequential or context "
+                               "model")
     if config["MODEL_TYPE"] == ModelType.DECISIONTREE:
         raise CrossMarketError(f"{model} is a decision-tree model (xgboost/lightgbm, trained outside torch); "
                                "the cross-market runner serves RecBole's torch models only")
@@ -354,7 +361,8 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         test_protocols = list(dict.fromkeys([config["eval_protocol"], *(test_protocols or [])]))
     for protocol in test_protocols:
         if protocol not in PROTOCOLS:
-            raise CrossMarketError(f"unknown protocol {protocol!r} in test protocols; choose from {', '.join(PROTOCOLS)}")
+            raise CrossMarketError(f"unknown protocol {protocol!r} in test protocols; "
+                                   f"choose from {', '.join(PROTOCOLS)}")
     if not config["finetune"] and (phase != "both" or pretrained is not None):
         raise CrossMarketError(f"{config['model']} trains in one phase; --phase and --pretrained are for "
                                "two-phase models (ACMR, FOREC)")

@@ -148,7 +148,8 @@ def load_checkpoint(path, config):
     except FileNotFoundError:
         raise CrossMarketError(f"checkpoint {path} does not exist; pass the pretrain.pth of an earlier run") from None
     except IsADirectoryError:
-        raise CrossMarketError(f"checkpoint {path} is a folder; pass the pretrain.pth file inside a run folder") from None
+        raise CrossMarketError(f"checkpoint {path} is a folder; pass the pretrain.pth file inside a run "
+                               "folder") from None
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):
             raise CrossMarketError(f"checkpoint {path} cannot be read (it is truncated or not a torch file); it must "

@@ -37,7 +37,8 @@ from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SEARCHES = ("random", "hyperopt", "optuna")
 SCHEDULERS = ("asha", "fifo")
-DEFAULTS = {"model": None, "metric": "NDCG@5", "search": "random", "num_samples": 4, "scheduler": "asha", "grace_period": 1,
+DEFAULTS = {"model": None, "metric": "NDCG@5", "search": "random", "num_samples": 4, "scheduler": "asha",
+            "grace_period": 1,
             "resources_per_trial": {"cpu": 1, "gpu": 0}, "fixed": {}}
 
 
@@ -76,7 +77,8 @@ def check_distribution(name, spec):
         raise CrossMarketError(f"parameter {name!r}: give exactly one distribution, e.g. {{choice: [1, 2]}}")
     (kind, args), = spec.items()
     if kind not in DISTRIBUTIONS:
-        raise CrossMarketError(f"parameter {name!r}: unknown distribution {kind!r}; use one of {', '.join(DISTRIBUTIONS)}")
+        raise CrossMarketError(f"parameter {name!r}: unknown distribution {kind!r}; "
+                               f"use one of {', '.join(DISTRIBUTIONS)}")
     if kind in ("choice", "grid"):
         if not isinstance(args, list) or not args:
             raise CrossMarketError(f"parameter {name!r}: {kind} needs a non-empty list of values")

@@ -3,9 +3,9 @@
 import csv
 import difflib
 import os
+import pkgutil
 import re
 import time
-import pkgutil
 
 import recbole.model
 import torch

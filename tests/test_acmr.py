@@ -154,7 +154,8 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
         assert sum(r["selected"] == "True" for r in epochs) == 1 and all(r["ndcg@5"] for r in epochs)
     assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
     assert {(r["phase"], r["protocol"], r["split"]) for r in rows} == {
-        (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full") for sp in ("valid", "test")}
+        (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full")
+        for sp in ("valid", "test")}
     results = json.load(open(os.path.join(path, "results.json")))
     assert results["protocol"] == "market" and results["seed"] == 2020
     pretrain_scores = [s for phase, s in scores if phase == "pretrain"]

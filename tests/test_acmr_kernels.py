@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from recbole_cmr.model.acmr import TransformerLayer
-from recbole_cmr.model.acmr_kernels import (FusedAttention, FusedReluDropout, FusedResidualNorm, fused_layer_forward,
-                                            load_kernels)
+from recbole_cmr.model.acmr_kernels import (
+    FusedAttention,
+    FusedReluDropout,
+    FusedResidualNorm,
+    fused_layer_forward,
+    load_kernels,
+)
 
 pytestmark = pytest.mark.skipif(load_kernels() is None, reason="the kernels cannot be built here (no compiler)")
 

@@ -86,7 +86,8 @@ def test_m3rec_matches_the_full_closed_form(tiny_config):
     n, lam = X.shape[1], 3.0
     # the prior's target rows, embedded in a full matrix (other rows do not reach target users' scores)
     intra = model._ease_rows(sp.csr_matrix(history), config["reg_weight"], np.arange(n))
-    inter = model._walk_rows(sp.csr_matrix(history), markets, np.arange(n), config["walk_steps"], config["walk_restart"])
+    inter = model._walk_rows(sp.csr_matrix(history), markets, np.arange(n), config["walk_steps"],
+                             config["walk_restart"])
     prior_all = 0.6 * _scale(intra[target]) + 0.4 * _scale(inter[target])
     prior = np.zeros((n, n))
     prior[target] = prior_all

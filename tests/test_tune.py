@@ -19,7 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def write_search(tmp_path, space, **extra):
     path = tmp_path / "search.yaml"
     search = {"metric": "NDCG@5", "num_samples": 1, "scheduler": "asha", "grace_period": 1,
-              "fixed": {"epochs": 2, "embedding_size": 8, "n_heads": 2, "n_layers": 1, "eval_neg_num": 20}, "space": space}
+              "fixed": {"epochs": 2, "embedding_size": 8, "n_heads": 2, "n_layers": 1, "eval_neg_num": 20},
+              "space": space}
     search.update(extra)
     path.write_text(yaml.safe_dump(search))
     return str(path)
@@ -66,7 +67,8 @@ def test_local_search_selects_on_valid_and_writes_a_usable_best_yaml(tiny_root, 
     best = trials[0]
     assert float(best["valid_score"]) == max(float(t["valid_score"]) for t in trials if t["stopped_early"] == "False")
     # a trial counts by the model its run selects: ACMR's best fine-tuning epoch, not a pre-training one
-    finetune_scores = [float(e["valid_score"]) for e in epochs if e["trial"] == best["trial"] and e["phase"] == "finetune"]
+    finetune_scores = [float(e["valid_score"]) for e in epochs
+                       if e["trial"] == best["trial"] and e["phase"] == "finetune"]
     assert float(best["valid_score"]) == pytest.approx(max(finetune_scores))
     best_yaml = yaml.safe_load(open(os.path.join(out, "best.yaml")))
     assert best_yaml["learning_rate"] == float(best["learning_rate"])
@@ -116,7 +118,8 @@ def test_an_interrupted_search_resumes_in_its_folder_and_other_settings_are_refu
     for name in ("summary.md", "trials.csv", "best.yaml", "best_test.json"):  # as if stopped before summarising
         os.remove(os.path.join(out, name))
     with pytest.raises(CrossMarketError, match="holds a search with other settings"):
-        tune_model("Pop", "bb", search, config_dict={**tiny_dict(tiny_root, tmp_path), "weight_decay": 0.01}, out_dir=out)
+        tune_model("Pop", "bb", search, config_dict={**tiny_dict(tiny_root, tmp_path), "weight_decay": 0.01},
+                   out_dir=out)
     tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
     again = read_csv(os.path.join(out, "trials.csv"))
     assert [(t["learning_rate"], t["valid_score"]) for t in again] == [(t["learning_rate"], t["valid_score"])

@@ -114,7 +114,8 @@ class LengthBucketedTrainDataLoader(TrainDataLoader):
 
     def __iter__(self):
         order = torch.randperm(len(self.rows), generator=self.generator)
-        windows = [w[torch.argsort(self.row_lengths[w], stable=True)] for w in order.split(self.step * self.window_batches)]
+        windows = [w[torch.argsort(self.row_lengths[w], stable=True)]
+                   for w in order.split(self.step * self.window_batches)]
         batches = torch.cat(windows).split(self.step)
         shuffled = torch.randperm(len(batches), generator=self.generator)
         self._dataset.inter_feat = self.rows[torch.cat([batches[i] for i in shuffled])]

@@ -129,7 +129,8 @@ class ACMR(GeneralRecommender):
             if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
                 problems.append(f"{what} must be an integer >= 1, got {settings[key]!r}")
         if settings["fused_kernels"] not in KERNEL_MODES:
-            problems.append(f"fused_kernels must be one of {', '.join(KERNEL_MODES)}, got {settings['fused_kernels']!r}")
+            problems.append(f"fused_kernels must be one of {', '.join(KERNEL_MODES)}, "
+                            f"got {settings['fused_kernels']!r}")
         if not isinstance(settings["dropout_prob"], (int, float)) or not 0 <= settings["dropout_prob"] < 1:
             problems.append(f"dropout_prob must be in [0, 1), got {settings['dropout_prob']!r}")
         neg = settings["train_neg_sample_args"]
