@@ -101,3 +101,17 @@ def test_acmr_scores_the_same_with_either_path(tiny_config):
     items = torch.randint(1, train.item_num, (29,))
     with torch.no_grad():
         assert torch.allclose(eager(users, items), fused(users, items), atol=1e-5)
+
+
+def test_vectorised_and_generic_residual_norm_draw_the_same_masks():
+    kernels = load_kernels()
+    x, z, grad = (torch.randn(37, 32, dtype=torch.float64) for _ in range(3))
+    weight, bias = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    fast = kernels.residual_norm_forward(x.float(), z.float(), weight.float(), bias.float(), 0.3, 9, True, 1e-5)
+    generic = kernels.residual_norm_forward(x, z, weight, bias, 0.3, 9, True, 1e-5)
+    for a, b in zip(fast, generic):
+        assert torch.allclose(a.double(), b, atol=1e-5)
+    fast = kernels.residual_norm_backward(grad.float(), fast[1], fast[2], weight.float(), 0.3, 9, True)
+    generic = kernels.residual_norm_backward(grad, generic[1], generic[2], weight, 0.3, 9, True)
+    for a, b in zip(fast, generic):
+        assert torch.allclose(a.double(), b, atol=1e-4)

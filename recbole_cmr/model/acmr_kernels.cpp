@@ -533,6 +533,96 @@ void attention_backward(const float* grad_out, const float* qkv, const int64_t* 
   });
 }
 
+inline float horizontal_sum(__m256 v) {
+  const __m128 pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 quad = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+  return _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
+}
+
+// LayerNorm(x + dropout(z)) over rows of width 32 (ACMR's d): a row is 4 vectors.
+void residual_norm_forward(const float* x, const float* z, const float* gamma, const float* beta, float* y,
+                           float* xhat, float* rstd, int64_t M, double p, int64_t seed, bool training, double eps) {
+  const Mask mask(p, seed, training);
+  const float inv_keep = mask.active ? 1.0f / static_cast<float>(1 - p) : 1.0f;
+  at::parallel_for(0, M, 64, [&](int64_t begin, int64_t end) {
+    alignas(32) float keep[32];
+    for (int64_t m = begin; m < end; ++m) {
+      mask.fill(static_cast<uint64_t>(m), 32, inv_keep, keep);
+      __m256 r[4], sum = _mm256_setzero_ps();
+      for (int c = 0; c < 4; ++c) {
+        r[c] = _mm256_fmadd_ps(_mm256_loadu_ps(z + m * 32 + c * 8), _mm256_load_ps(keep + c * 8),
+                               _mm256_loadu_ps(x + m * 32 + c * 8));
+        sum = _mm256_add_ps(sum, r[c]);
+      }
+      const __m256 mean = _mm256_set1_ps(horizontal_sum(sum) / 32.0f);
+      __m256 squares = _mm256_setzero_ps();
+      for (int c = 0; c < 4; ++c) {
+        r[c] = _mm256_sub_ps(r[c], mean);
+        squares = _mm256_fmadd_ps(r[c], r[c], squares);
+      }
+      const float inv_std = 1.0f / std::sqrt(horizontal_sum(squares) / 32.0f + static_cast<float>(eps));
+      rstd[m] = inv_std;
+      const __m256 scale = _mm256_set1_ps(inv_std);
+      for (int c = 0; c < 4; ++c) {
+        const __m256 n = _mm256_mul_ps(r[c], scale);
+        _mm256_storeu_ps(xhat + m * 32 + c * 8, n);
+        _mm256_storeu_ps(y + m * 32 + c * 8,
+                         _mm256_fmadd_ps(n, _mm256_loadu_ps(gamma + c * 8), _mm256_loadu_ps(beta + c * 8)));
+      }
+    }
+  });
+}
+
+void residual_norm_backward(const float* dy, const float* xhat, const float* rstd, const float* gamma, float* dx,
+                            float* dz, float* dgamma, float* dbeta, int64_t M, double p, int64_t seed,
+                            bool training) {
+  const Mask mask(p, seed, training);
+  const float inv_keep = mask.active ? 1.0f / static_cast<float>(1 - p) : 1.0f;
+  std::vector<float> partial(kReductionChunks * 64, 0.0f);  // per chunk: dgamma[32], dbeta[32]
+  at::parallel_for(0, kReductionChunks, 1, [&](int64_t chunk_begin, int64_t chunk_end) {
+    alignas(32) float keep[32];
+    for (int64_t chunk = chunk_begin; chunk < chunk_end; ++chunk) {
+      __m256 pg[4], pb[4];
+      for (int c = 0; c < 4; ++c) pg[c] = pb[c] = _mm256_setzero_ps();
+      for (int64_t m = chunk * M / kReductionChunks; m < (chunk + 1) * M / kReductionChunks; ++m) {
+        __m256 g[4], n[4], dn[4], sum_dn = _mm256_setzero_ps(), sum_dn_n = _mm256_setzero_ps();
+        for (int c = 0; c < 4; ++c) {
+          g[c] = _mm256_loadu_ps(dy + m * 32 + c * 8);
+          n[c] = _mm256_loadu_ps(xhat + m * 32 + c * 8);
+          pg[c] = _mm256_fmadd_ps(g[c], n[c], pg[c]);
+          pb[c] = _mm256_add_ps(pb[c], g[c]);
+          dn[c] = _mm256_mul_ps(g[c], _mm256_loadu_ps(gamma + c * 8));
+          sum_dn = _mm256_add_ps(sum_dn, dn[c]);
+          sum_dn_n = _mm256_fmadd_ps(dn[c], n[c], sum_dn_n);
+        }
+        const __m256 mean_dn = _mm256_set1_ps(horizontal_sum(sum_dn) / 32.0f);
+        const __m256 mean_dn_n = _mm256_set1_ps(horizontal_sum(sum_dn_n) / 32.0f);
+        const __m256 scale = _mm256_set1_ps(rstd[m]);
+        mask.fill(static_cast<uint64_t>(m), 32, inv_keep, keep);
+        for (int c = 0; c < 4; ++c) {
+          const __m256 dr = _mm256_mul_ps(scale, _mm256_sub_ps(_mm256_sub_ps(dn[c], mean_dn),
+                                                               _mm256_mul_ps(n[c], mean_dn_n)));
+          _mm256_storeu_ps(dx + m * 32 + c * 8, dr);
+          _mm256_storeu_ps(dz + m * 32 + c * 8, _mm256_mul_ps(dr, _mm256_load_ps(keep + c * 8)));
+        }
+      }
+      for (int c = 0; c < 4; ++c) {
+        _mm256_storeu_ps(&partial[chunk * 64 + c * 8], pg[c]);
+        _mm256_storeu_ps(&partial[chunk * 64 + 32 + c * 8], pb[c]);
+      }
+    }
+  });
+  for (int c = 0; c < 32; ++c) {
+    float g = 0, b = 0;
+    for (int64_t chunk = 0; chunk < kReductionChunks; ++chunk) {
+      g += partial[chunk * 64 + c];
+      b += partial[chunk * 64 + 32 + c];
+    }
+    dgamma[c] = g;
+    dbeta[c] = b;
+  }
+}
+
 }  // namespace avx2
 #endif
 
@@ -588,6 +678,14 @@ std::vector<torch::Tensor> residual_norm_forward(torch::Tensor x, torch::Tensor 
   const int64_t D = x.size(-1), M = x.numel() / D;
   auto y = torch::empty_like(x), xhat = torch::empty_like(x);
   auto rstd = torch::empty({M}, x.options());
+#ifdef __AVX2__
+  if (x.scalar_type() == torch::kFloat && D == 32) {
+    avx2::residual_norm_forward(x.data_ptr<float>(), z.data_ptr<float>(), gamma.contiguous().data_ptr<float>(),
+                                beta.contiguous().data_ptr<float>(), y.data_ptr<float>(), xhat.data_ptr<float>(),
+                                rstd.data_ptr<float>(), M, p, seed, training, eps);
+    return {y, xhat, rstd};
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "residual_norm_forward", [&] {
     residual_norm_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), z.data_ptr<scalar_t>(),
                                            gamma.contiguous().data_ptr<scalar_t>(),
@@ -604,6 +702,14 @@ std::vector<torch::Tensor> residual_norm_backward(torch::Tensor dy, torch::Tenso
   const int64_t D = dy.size(-1), M = dy.numel() / D;
   auto dx = torch::empty_like(dy), dz = torch::empty_like(dy);
   auto dgamma = torch::empty({D}, dy.options()), dbeta = torch::empty({D}, dy.options());
+#ifdef __AVX2__
+  if (dy.scalar_type() == torch::kFloat && D == 32) {
+    avx2::residual_norm_backward(dy.data_ptr<float>(), xhat.data_ptr<float>(), rstd.data_ptr<float>(),
+                                 gamma.contiguous().data_ptr<float>(), dx.data_ptr<float>(), dz.data_ptr<float>(),
+                                 dgamma.data_ptr<float>(), dbeta.data_ptr<float>(), M, p, seed, training);
+    return {dx, dz, dgamma, dbeta};
+  }
+#endif
   AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "residual_norm_backward", [&] {
     residual_norm_backward_kernel<scalar_t>(dy.data_ptr<scalar_t>(), xhat.data_ptr<scalar_t>(),
                                             rstd.data_ptr<scalar_t>(), gamma.contiguous().data_ptr<scalar_t>(),
