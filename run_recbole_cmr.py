@@ -15,6 +15,14 @@ import warnings
 
 from recbole_cmr.utils import CrossMarketError
 
+#: Flags of one mode only (run, --compare, --tune, --recommend); another mode refuses them.
+MODE_FLAGS = {
+    "run": ("phase", "pretrained"),
+    "compare": ("models", "markets", "seeds", "scopes", "pretrained_dir"),
+    "tune": ("ray_address",),
+    "recommend": ("users", "all_users", "history", "histories", "k", "keep_known"),
+}
+
 #: Settings a comparison grid sets per cell, and the flag that sets them.
 GRID_KEYS = {"seed": "--seeds", "train_markets": "--scopes", "eval_protocol": "--protocol"}
 
@@ -23,26 +31,38 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="recbole-cmr: cross-market recommendation on RecBole",
                                      allow_abbrev=False)  # --seed is a config key, not --seeds
     parser.add_argument("--model", "-m", default="ACMR", help="ACMR or any RecBole model name (default ACMR)")
-    parser.add_argument("--market", default="in", help="target market, case-insensitive (default IN)")
+    parser.add_argument("--market", default=None,
+                        help="target market, case-insensitive (default IN); --recommend: the market of new users")
     parser.add_argument("--dataset", "-d", default="xmarket", help="dataset name under data_path (default xmarket)")
     parser.add_argument("--protocol", default=None, help="evaluation protocol: paper, market (default) or full")
     parser.add_argument("--test_protocols", default=None,
                         help="comma list: also test the selected model under these protocols, e.g. paper,market,full")
     parser.add_argument("--config_files", default=None, help="comma separated yaml files")
-    parser.add_argument("--phase", default="both", help="two-phase models: both (default), pretrain or finetune")
+    parser.add_argument("--phase", default=None, help="two-phase models: both (default), pretrain or finetune")
     parser.add_argument("--pretrained", default=None, help="pretrain.pth to fine-tune from (skips pre-training)")
     parser.add_argument("--compare", action="store_true", help="run a comparison grid (--models, --markets, --seeds)")
-    parser.add_argument("--models", default="ACMR,Pop,EASE", help="compare: comma list of models")
-    parser.add_argument("--markets", default="IN,JP", help="compare: comma list of target markets")
-    parser.add_argument("--seeds", default="2020", help="compare: comma list of seeds")
-    parser.add_argument("--scopes", default="single,++", help="compare: built-ins' training scopes (single, ++)")
+    parser.add_argument("--models", default=None, help="compare: comma list of models (default ACMR,Pop,EASE)")
+    parser.add_argument("--markets", default=None, help="compare: comma list of target markets (default IN,JP)")
+    parser.add_argument("--seeds", default=None, help="compare: comma list of seeds (default 2020)")
+    parser.add_argument("--scopes", default=None, help="compare: built-ins' training scopes (default single,++)")
     parser.add_argument("--out", default=None, help="compare: output directory (default saved/compare-<protocol>); "
-                        "tune: the search folder (an interrupted search in it resumes)")
+                        "tune: the search folder (an interrupted search in it resumes); "
+                        "recommend: a .csv or .json file (default: print)")
     parser.add_argument("--pretrained_dir", default=None,
                         help="compare: folder of reusable pre-trained checkpoints (default: pretrained/ beside --out)")
     parser.add_argument("--tune", default=None, help="run a Ray Tune search described by this yaml (see props/tune/)")
     parser.add_argument("--ray_address", "--ray-address", default=None,
                         help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray instance)")
+    parser.add_argument("--recommend", default=None, metavar="RUN_DIR",
+                        help="recommend with the model of a finished run (its folder)")
+    parser.add_argument("--users", default=None, help="recommend: comma list of the run's users (tokens or raw ids)")
+    parser.add_argument("--all_users", action="store_true", help="recommend: every user of the run's target market")
+    parser.add_argument("--history", default=None,
+                        help="recommend: comma list of a new user's items (in order, oldest first)")
+    parser.add_argument("--histories", default=None,
+                        help="recommend: a CSV file 'user,item' (header, one row per item) of new users' histories")
+    parser.add_argument("--k", default=None, help="recommend: items per user (default 10)")
+    parser.add_argument("--keep_known", action="store_true", help="recommend: keep the user's known items")
     args, unknown = parser.parse_known_args(argv)
     return parser, args, unknown
 
@@ -102,7 +122,65 @@ def main(argv=None):
         sys.argv = program_argv
 
 
+def check_mode_flags(args):
+    """The mode the flags ask for; a flag of another mode is an error, not silently ignored."""
+    modes = [m for m, on in (("compare", args.compare), ("tune", args.tune), ("recommend", args.recommend)) if on]
+    if len(modes) > 1:
+        raise CrossMarketError(f"--{modes[0]} and --{modes[1]} are separate modes; run them one at a time")
+    mode = modes[0] if modes else "run"
+    if mode == "compare" and args.market:
+        raise CrossMarketError("--compare takes its target markets as --markets (a comma list), not --market")
+    for other, flags in MODE_FLAGS.items():
+        given = [f for f in flags if getattr(args, f) not in (None, False)]
+        if other != mode and given:
+            where = "a plain run" if other == "run" else f"--{other}"
+            raise CrossMarketError(f"--{given[0]} is for {where}, not for "
+                                   f"{'a plain run' if mode == 'run' else '--' + mode}; drop it")
+    return mode
+
+
+def _recommend(args):
+    from recbole_cmr.recommend import load_run, read_histories, recommend, recommend_histories, write_recommendations
+
+    sources = [flag for flag in ("users", "all_users", "history", "histories") if getattr(args, flag)]
+    if not sources:
+        raise CrossMarketError("--recommend needs the users: give --users, --all_users, --history or --histories")
+    if len(sources) > 1:
+        raise CrossMarketError(f"give one of --users, --all_users, --history, --histories (got --{sources[0]} and "
+                               f"--{sources[1]})")
+    k = args.k or "10"
+    if not k.isdigit() or int(k) < 1:
+        raise CrossMarketError(f"--k must be an integer >= 1, got {args.k!r}")
+    if args.out and not args.out.lower().endswith((".csv", ".json")):
+        raise CrossMarketError(f"--out must end in .csv or .json, got {args.out!r}")
+    histories = None
+    if args.history:
+        histories = {"new_user": [item.strip() for item in args.history.split(",") if item.strip()]}
+    elif args.histories:
+        histories = read_histories(args.histories)
+    loaded = load_run(args.recommend)
+    if histories is not None:
+        rows = recommend_histories(loaded, histories, args.market, int(k), args.keep_known)
+    else:
+        if args.market:
+            raise CrossMarketError("--market is for new users' histories; known users belong to the run's market")
+        users = None if args.all_users else [u.strip() for u in args.users.split(",") if u.strip()]
+        rows = recommend(loaded, users, int(k), args.keep_known)
+    if args.out:
+        write_recommendations(args.out, rows)
+        print(f"{len(rows)} recommendations written to {args.out}")
+    else:
+        print("user\trank\titem\tscore")
+        print("\n".join(f"{r['user']}\t{r['rank']}\t{r['item']}\t{r['score']:.6f}" for r in rows))
+    return 0
+
+
 def _main(parser, args, unknown):
+    mode = check_mode_flags(args)
+    if mode == "recommend":
+        if unknown:
+            raise CrossMarketError(f"--recommend uses the run's own config; drop {unknown[0]!r}")
+        return _recommend(args)
     from recbole_cmr.quick_start import format_table, run
     from recbole_cmr.tune import tune_model
 
@@ -116,8 +194,9 @@ def _main(parser, args, unknown):
         grid_set = [f"--{key} (use {flag})" for key, flag in GRID_KEYS.items() if key in overrides]
         if grid_set:
             raise CrossMarketError(f"--compare sets {', '.join(grid_set)} per cell; drop the override")
-        out = compare(args.models.split(","), args.markets.split(","), int_list(args.seeds, "--seeds"),
-                      (args.protocol or "market").lower(), args.scopes.split(","), args.out,
+        out = compare((args.models or "ACMR,Pop,EASE").split(","), (args.markets or "IN,JP").split(","),
+                      int_list(args.seeds or "2020", "--seeds"), (args.protocol or "market").lower(),
+                      (args.scopes or "single,++").split(","), args.out,
                       config_dict, args.pretrained_dir, files, tests)
         print(open(f"{out}/table.md").read())
         print(f"comparison directory: {out}")
@@ -125,12 +204,12 @@ def _main(parser, args, unknown):
     if args.protocol is not None:
         config_dict["eval_protocol"] = args.protocol.lower()
     if args.tune:
-        out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address,
+        out = tune_model(args.model, args.market or "in", args.tune, files, config_dict, ray_address=args.ray_address,
                          out_dir=args.out)
         print(open(f"{out}/summary.md").read())
         print(f"search directory: {out}")
         return 0
-    path, rows = run(args.model, args.market, files, config_dict, phase=args.phase,
+    path, rows = run(args.model, args.market or "in", files, config_dict, phase=args.phase or "both",
                      pretrained=args.pretrained, test_protocols=tests)
     print(format_table(rows))
     print(f"run directory: {path}")

@@ -26,6 +26,11 @@ from run_recbole_cmr import main  # noqa: E402
     (["--model=Pop", "--phase=pretrain"], "Pop trains in one phase"),
     (["--phase=pretrain", "--pretrained=pretrain.pth"], "--pretrained is a checkpoint to fine-tune from"),
     (["--phase=finetune"], "--phase=finetune needs --pretrained=PATH"),
+    (["--compare", "--phase=pretrain"], "--phase is for a plain run, not for --compare"),
+    (["--models=EASE"], "--models is for --compare, not for a plain run"),
+    (["--compare", "--market=JP"], "--compare takes its target markets as --markets"),
+    (["--tune=props/tune/ease.yaml", "--seeds=1"], "--seeds is for --compare, not for --tune"),
+    (["--compare", "--tune=props/tune/ease.yaml"], "--compare and --tune are separate modes"),
 ])
 def test_cli_bad_input(tmp_path, args, message):
     out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), *args,

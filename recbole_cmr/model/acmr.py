@@ -221,6 +221,16 @@ class ACMR(GeneralRecommender):
     def predict(self, interaction):
         return torch.sigmoid(self.forward(interaction[self.USER_ID], interaction[self.ITEM_ID]))
 
+    def score_history(self, history, market, candidates):
+        """Probabilities of ``candidates`` for a user the model never saw, from the item ids of their history
+        (the last ``max_history_len``) and their market id: the user vector needs nothing else."""
+        history = history[history > 0][-self.max_history_len:]
+        logits = []
+        for chunk in candidates.split(self.bucket_rows):
+            sequences = torch.cat([chunk.unsqueeze(1), history.expand(len(chunk), -1)], dim=1)
+            logits.append(self._encode(sequences, torch.full((len(chunk),), int(market), dtype=torch.int64)))
+        return torch.sigmoid(torch.cat(logits))
+
     def full_sort_predict(self, interaction):
         """Scores of the target market's items; other items get -inf (full ranking is per market)."""
         users = interaction[self.USER_ID]

@@ -72,6 +72,7 @@ class M3Rec(GeneralRecommender):
         rows = self._adapt_rows(X[target_users][:, target], prior, target, target_reg_weight)
 
         self.target_items = target
+        self.target_market_id = dataset.target_market_id
         self.history_matrix = X[:, target].tocsr()  # users x target items
         self.item_weights = rows.astype(np.float32)  # target items x all items
         self.other_parameter_name = ["history_matrix", "item_weights"]
@@ -129,6 +130,14 @@ class M3Rec(GeneralRecommender):
         history = self.history_matrix[users]
         scores = np.asarray(history.multiply(self.item_weights[:, items].T).sum(axis=1)).ravel()
         return torch.from_numpy(scores.astype(np.float32)).to(self.device)
+
+    def score_history(self, history, market, candidates):
+        """Scores of ``candidates`` for a new user of the target market from the ids of their items."""
+        if market != self.target_market_id:
+            raise CrossMarketError("M3Rec's item weights are fitted for its target market only; recommend for "
+                                   "that market, or train M3Rec with the other market as target")
+        row = np.isin(self.target_items, history.cpu().numpy()).astype(np.float32)
+        return torch.from_numpy(np.asarray(row @ self.item_weights, dtype=np.float32)[candidates.cpu().numpy()])
 
     def full_sort_predict(self, interaction):
         users = interaction[self.USER_ID].cpu().numpy()

@@ -26,3 +26,7 @@ class Pop(RecBolePop):
         self.item_cnt.index_add_(0, item, torch.ones_like(item).unsqueeze(-1))
         self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
         return torch.nn.Parameter(torch.zeros(1, device=self.device))
+
+    def score_history(self, history, market, candidates):
+        """Popularity does not depend on the user: a new user gets the scores every user gets."""
+        return (self.item_cnt.to(torch.float64) / self.max_cnt.to(torch.float64)).view(-1)[candidates]
