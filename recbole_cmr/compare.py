@@ -31,8 +31,9 @@ from scipy import stats
 from recbole_cmr.config import PROTOCOLS
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.evaluator import EVALUATION
+from recbole_cmr.plots import comparison
 from recbole_cmr.quick_start import make_config, run
-from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows, write_text
 
 SCOPES = {"single": "target", "++": "all"}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -258,32 +259,6 @@ def markdown(rows, out_dir, protocol):
     return "\n".join(out) + "\n"
 
 
-def plot(rows, path, protocol):
-    """One panel per metric of the test metrics measured under ``protocol``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
-    markets = sorted({r["market"] for r in test})
-    labels = list(dict.fromkeys(r["label"] for r in test))
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS) + 2.5, 3.5), sharey=False)
-    width = 0.8 / max(len(labels), 1)
-    colors = plt.get_cmap("tab20")
-    for ax, metric in zip(axes, METRICS):
-        for i, label in enumerate(labels):
-            values = [[float(r[metric]) for r in test if r["label"] == label and r["market"] == m] for m in markets]
-            ax.bar(np.arange(len(markets)) + i * width, [np.mean(v) if v else 0 for v in values], width,
-                   yerr=[np.std(v) if v else 0 for v in values], label=label, color=colors(i % 20))
-        ax.set_xticks(np.arange(len(markets)) + width * (len(labels) - 1) / 2, [m.upper() for m in markets])
-        ax.set_title(f"{metric} ({protocol})")
-    fig.tight_layout(rect=(0, 0, 4 * len(METRICS) / (4 * len(METRICS) + 2.5), 1))
-    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", fontsize=7)
-    write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
-    plt.close(fig)
-
-
 def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
             pretrained_dir=None, config_file_list=None, test_protocols=None):
     """Run (or resume) the grid; returns the output directory.
@@ -319,5 +294,5 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
         for p in sorted({r["protocol"] for r in rows}):
             suffix = "" if p == protocol else f"-{p}"
             write_text(os.path.join(out_dir, f"table{suffix}.md"), markdown(rows, out_dir, p))
-            plot(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
+            comparison(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
     return out_dir

@@ -1,6 +1,7 @@
 """Pictures a run writes into its directory."""
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,4 +45,57 @@ def learning_curves(rows, path, title, selection_metric):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
+    plt.close(fig)
+
+
+def comparison(rows, path, protocol, metric="ndcg@10", top=5):
+    """A grid's test ``metric`` under ``protocol``: a models x markets heatmap of the seed means (coloured
+    relative to each market's best, which is boxed), and per market the ``top`` models with their seed range."""
+    test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
+    markets = sorted({r["market"] for r in test})
+    labels = list(dict.fromkeys(r["label"] for r in test))
+    values = {(label, market): [float(r[metric]) for r in test if r["label"] == label and r["market"] == market]
+              for label in labels for market in markets}
+    means = np.array([[np.mean(values[label, m]) if values[label, m] else np.nan for m in markets] for label in labels])
+    best = np.nanmax(means, axis=0)
+    columns = 4
+    dot_rows = -(-len(markets) // columns)
+    heat_height = 0.32 * len(labels) + 0.8
+    fig = plt.figure(figsize=(16, heat_height + 2.2 * dot_rows))
+    grid = fig.add_gridspec(1 + dot_rows, columns, height_ratios=[heat_height] + [2.0] * dot_rows,
+                            hspace=0.35, wspace=0.95)
+    heat = fig.add_subplot(grid[0, :])
+    heat.imshow(means / best, cmap="YlGn", vmin=0.5, vmax=1.1, aspect="auto")
+    for i, label in enumerate(labels):
+        for j, market in enumerate(markets):
+            if np.isnan(means[i, j]):
+                heat.text(j, i, "-", ha="center", va="center", fontsize=9, color="gray")
+                continue
+            n = len(values[label, market])
+            text = f"{means[i, j]:.3f}" + (f" ({n})" if n > 1 else "")
+            is_best = means[i, j] == best[j]
+            heat.text(j, i, text, ha="center", va="center", fontsize=9, fontweight="bold" if is_best else "normal")
+            if is_best:
+                heat.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
+    heat.set_xticks(range(len(markets)), [m.upper() for m in markets])
+    heat.set_yticks(range(len(labels)), labels, fontsize=9)
+    heat.xaxis.tick_top()
+    heat.set_title(f"test {metric.upper()} under the {protocol} protocol: mean over seeds (seeds in brackets when "
+                   "more than one); colour relative to the market's best, boxed", fontsize=9)
+    for j, market in enumerate(markets):
+        ax = fig.add_subplot(grid[1 + j // columns, j % columns])
+        order = [i for i in np.argsort(-np.nan_to_num(means[:, j], nan=-1.0))[:top] if not np.isnan(means[i, j])]
+        for y, i in enumerate(order):
+            seeds = values[labels[i], market]
+            ax.plot([min(seeds), max(seeds)], [y, y], color="gray", linewidth=2)
+            ax.plot(means[i, j], y, "o", color="black" if y == 0 else "tab:blue")
+        ax.set_yticks(range(len(order)), [labels[i] for i in order], fontsize=8)
+        ax.set_ylim(len(order) - 0.5, -0.5)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.12)
+        ax.set_title(f"{market.upper()}: top {len(order)}", fontsize=9)
+    fig.text(0.5, 0.02, f"top models per market: mean (dot) and range over seeds (line) of test {metric.upper()}",
+             ha="center", fontsize=9)
+    write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png", bbox_inches="tight"), mode="wb")
     plt.close(fig)
