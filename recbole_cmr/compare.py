@@ -33,9 +33,11 @@ from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.plots import comparison
 from recbole_cmr.quick_start import make_config, run
+from recbole_cmr.tune import search_name
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows, write_text
 
-SCOPES = {"single": "target", "++": "all"}
+#: Built-ins' scopes: train_markets per scope; "searched" takes it from the cell's tuned configuration.
+SCOPES = {"single": "target", "++": "all", "searched": None}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol", "split", *METRICS, "mrr@10",
           "seconds"]
@@ -43,11 +45,14 @@ FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol"
 LABELS = {"M3Rec": "M3Rec (our reconstruction)"}
 
 
-def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict):
+def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict, tuned_dir=None):
     """Validate the whole grid before running anything; returns the cells in order."""
     for scope in scopes:
         if scope not in SCOPES:
-            raise CrossMarketError(f"unknown scope {scope!r}; use single (target market only) or ++ (all markets)")
+            raise CrossMarketError(f"unknown scope {scope!r}; use single (target market only), ++ (all markets) "
+                                   "or, with tuned configurations, searched (the search chose train_markets)")
+        if scope == "searched" and not tuned_dir:
+            raise CrossMarketError("scope 'searched' takes train_markets from tuned configurations: give their folder")
     cells = []
     for model in models:
         config = make_config(model, markets[0], config_file_list, {**config_dict, "eval_protocol": protocol})
@@ -55,12 +60,30 @@ def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict
         for scope in (["cross-market"] if cross_market else scopes):
             for market in markets:
                 for seed in seeds:
-                    label = LABELS.get(model, model) if cross_market else f"{model} ({scope})"
+                    scope_text = "scope searched" if scope == "searched" else scope
+                    label = LABELS.get(model, model) if cross_market else f"{model} ({scope_text})"
                     cells.append((label, model, scope, market, seed))
+    if tuned_dir:
+        missing = sorted({tuned_file(tuned_dir, cell) for cell in cells} - set(glob.glob(
+            os.path.join(tuned_dir, "*", "best.yaml"))))
+        if missing:
+            raise CrossMarketError(f"no finished search for {len(missing)} cell(s), first {missing[0]}; run the "
+                                   "searches first (python bench/tune_markets.py), or drop those models/markets")
     dataset = create_dataset(make_config(models[0], markets[0], config_file_list, {**config_dict, "state": "WARNING"}))
     for market in markets:
         dataset.market_id(market)  # unknown markets list the known ones
     return cells
+
+
+def tuned_file(tuned_dir, cell):
+    """The selected configuration (``best.yaml``) of a cell's search in ``tuned_dir``."""
+    _, model, scope, market, _ = cell
+    return os.path.join(tuned_dir, search_name(model, scope, market), "best.yaml")
+
+
+def cell_config_files(cell, config_file_list, tuned_dir):
+    """A cell's config files: the grid's, then its tuned configuration if the grid is tuned."""
+    return list(config_file_list or []) + ([tuned_file(tuned_dir, cell)] if tuned_dir else [])
 
 
 #: Config keys that never change what a pre-training produces.
@@ -85,7 +108,7 @@ def pretrained_name(cell, protocol, config_file_list, config_dict):
     return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
 
 
-def check_grid_settings(out_dir, config_file_list, config_dict):
+def check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir=None):
     """Cells in one folder must share their settings, or resuming would mix two grids in one table.
 
     The first run records them in ``settings.json``; a later run with other settings is refused.
@@ -95,7 +118,9 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
         with open(name, encoding="utf-8") as f:
             files.append(f.read())
     settings = json.loads(json.dumps({"config": {k: v for k, v in config_dict.items() if k not in RUN_ONLY_KEYS},
-                                      "config_files": files, "evaluation": EVALUATION}, sort_keys=True, default=str))
+                                      "config_files": files, "evaluation": EVALUATION,
+                                      **({"tuned": os.path.basename(tuned_dir)} if tuned_dir else {})},
+                                     sort_keys=True, default=str))
     path = os.path.join(out_dir, "settings.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -107,6 +132,8 @@ def check_grid_settings(out_dir, config_file_list, config_dict):
                 changed.append("--config_files")
             if recorded.get("evaluation") != settings["evaluation"]:
                 changed.append("the evaluation rules (ties, untrained items)")
+            if recorded.get("tuned") != settings.get("tuned"):
+                changed.append("the tuned configurations")
             raise CrossMarketError(f"{out_dir} holds cells run with other settings ({', '.join(changed)} differ; "
                                    f"recorded in {path}); use those settings or choose another --out")
         return
@@ -126,7 +153,7 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
     label, model, scope, market, seed = cell
     cell_dict = {**config_dict, "eval_protocol": protocol, "seed": int(seed), "state": "WARNING",
                  "checkpoint_dir": os.path.join(out_dir, "runs")}
-    if scope in SCOPES:
+    if SCOPES.get(scope):
         cell_dict["train_markets"] = SCOPES[scope]
     name = pretrained_name(cell, protocol, config_file_list, cell_dict)
     cached = os.path.join(pretrained_dir, name) if name else None
@@ -260,18 +287,21 @@ def markdown(rows, out_dir, protocol):
 
 
 def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
-            pretrained_dir=None, config_file_list=None, test_protocols=None):
+            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None):
     """Run (or resume) the grid; returns the output directory.
 
     Every cell selects on valid under ``protocol`` and is tested under ``protocol`` and each of
     ``test_protocols``; ``table.md``/``plot.png`` show ``protocol``, ``table-<p>.md``/``plot-<p>.png`` the others.
+    With ``tuned_dir`` (a folder of searches named by :func:`recbole_cmr.tune.search_name`) every cell also
+    reads its search's ``best.yaml``.
     """
     config_dict = dict(config_dict or {})
     tested = list(dict.fromkeys([protocol, *(test_protocols or [])]))
     for p in tested:
         if p not in PROTOCOLS:
             raise CrossMarketError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
-    cells = plan(models, markets, seeds, protocol, list(scopes), config_file_list, config_dict)
+    tuned_dir = os.path.abspath(tuned_dir) if tuned_dir else None
+    cells = plan(models, markets, seeds, protocol, list(scopes), config_file_list, config_dict, tuned_dir)
     out_dir = os.path.abspath(out_dir or os.path.join("saved", f"compare-{protocol}"))
     pretrained_dir = os.path.abspath(pretrained_dir or os.path.join(os.path.dirname(out_dir), "pretrained"))
     os.makedirs(out_dir, exist_ok=True)
@@ -279,7 +309,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     rows = read_csv_rows(results)
     if rows and any(r["selected_on"] != protocol for r in rows):
         raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
-    check_grid_settings(out_dir, config_file_list, config_dict)
+    check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir)
     remove_stale_runs(os.path.join(out_dir, "runs"))
     for cell in cells:
         key = (cell[0], cell[3].lower(), str(cell[4]))
@@ -289,7 +319,8 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
         rows = [r for r in rows if (r["label"], r["market"], str(r["seed"])) != key]  # a partial cell is redone
         print(f"running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on {protocol}, "
               f"tested on {', '.join(tested)})", flush=True)
-        rows += run_cell(cell, protocol, tested, config_file_list, config_dict, out_dir, pretrained_dir)
+        rows += run_cell(cell, protocol, tested, cell_config_files(cell, config_file_list, tuned_dir), config_dict,
+                         out_dir, pretrained_dir)
         write_csv_rows(results, rows, FIELDS)
         for p in sorted({r["protocol"] for r in rows}):
             suffix = "" if p == protocol else f"-{p}"

@@ -42,6 +42,12 @@ DEFAULTS = {"model": None, "metric": "NDCG@5", "search": "random", "num_samples"
             "resources_per_trial": {"cpu": 1, "gpu": 0}, "fixed": {}}
 
 
+def search_name(model, scope, market):
+    """Folder name of the search of ``model`` in a scope (single, ++, searched, cross-market) on ``market``;
+    a tuned comparison finds each cell's configuration by it."""
+    return f"{model}-{scope.replace('+', 'p')}-{market.lower()}"
+
+
 def load_search(path):
     """Read a search file; every mistake is reported before Ray starts."""
     try:
@@ -157,8 +163,10 @@ def make_trainable(model, market, config_files, config_dict):
     return trainable
 
 
-def tune_model(model, market, search_file, config_files=None, config_dict=None, ray_address=None, out_dir=None):
-    """Run a search; returns the results directory. Test metrics only for the selected configuration."""
+def tune_model(model, market, search_file, config_files=None, config_dict=None, ray_address=None, out_dir=None,
+               test_best=True):
+    """Run a search; returns the results directory. Test metrics only for the selected configuration, which
+    is run once more when ``test_best`` (a tuned comparison runs it on its own seeds instead)."""
     import ray
     from ray import air, tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -173,6 +181,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     base = check_parameters(search, model, market, config_files, config_dict)
     config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
     config_dict.update(search["fixed"])
+    config_dict.setdefault("eval_protocol", base["eval_protocol"])
     # each trial owns its CPUs: torch threads beside other busy trials would oversubscribe the machine
     config_dict.setdefault("torch_threads", max(1, int(search["resources_per_trial"].get("cpu") or 1)))
     out_dir = os.path.abspath(out_dir or os.path.join(
@@ -204,10 +213,19 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
                                         search_alg=_search_algorithm(search), num_samples=search["num_samples"]),
             run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=0),
         )
+        started = time.time()
         grid = tuner.fit()
+        _add_search_seconds(out_dir, time.time() - started)
     finally:
         ray.shutdown()
-    return summarize(grid, search, model, market, config_files, config_dict, out_dir)
+    return summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best)
+
+
+def _add_search_seconds(out_dir, seconds):
+    """Wall seconds of the search, summed over its sessions when it was resumed."""
+    path = os.path.join(out_dir, "search_seconds.txt")
+    before = float(open(path).read()) if os.path.exists(path) else 0.0
+    write_text(path, f"{before + seconds:.1f}\n")
 
 
 def check_search_folder(out_dir, settings):
@@ -232,7 +250,7 @@ def check_search_folder(out_dir, settings):
     return True
 
 
-def summarize(grid, search, model, market, config_files, config_dict, out_dir):
+def summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best=True):
     """Write trials, per-epoch valid metrics, the sorted summary, best.yaml and the best model's test metrics."""
     names = list(search["space"])
     trials, epochs = [], []
@@ -248,6 +266,8 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir):
                        "valid_score": float(done["valid_score"].iloc[-1]) if finished else float("nan"),
                        "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,
+                       "seconds": round(float(history["time_total_s"].max()), 1) if history is not None
+                       and "time_total_s" in history else float("nan"),
                        "error": str(result.error)[:200] if result.error else ""})
     # a trial counts by the valid score of the model its run selects (for ACMR: the fine-tuned one),
     # so only finished trials compete; ASHA compared per-epoch scores along the way
@@ -261,24 +281,31 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir):
     best_yaml = os.path.join(out_dir, "best.yaml")
     with open(best_yaml, "w") as f:
         yaml.safe_dump({**search["fixed"], **best_params}, f, sort_keys=True)
-    _, rows = run(model, market, config_files + [best_yaml],
-                  {k: v for k, v in config_dict.items() if k not in best_params},
-                  callback_fn=None)
+    rows = []
+    if test_best:
+        _, rows = run(model, market, config_files + [best_yaml],
+                      {k: v for k, v in config_dict.items() if k not in best_params}, callback_fn=None)
     stopped = sum(t["stopped_early"] and not t["error"] for t in trials)
-    header = f"{len(trials)} trials, {stopped} stopped early by {search['scheduler']}, metric valid {search['metric']}"
+    cpus = float(search["resources_per_trial"].get("cpu") or 1)
+    cost = {"search_wall_s": float(open(os.path.join(out_dir, "search_seconds.txt")).read()),
+            "trial_cpu_s": round(cpus * sum(t["seconds"] for t in trials if t["seconds"] == t["seconds"]), 1)}
+    header = (f"{len(trials)} trials, {stopped} stopped early by {search['scheduler']}, metric valid "
+              f"{search['metric']}; search {cost['search_wall_s'] / 60:.1f} wall min, trials "
+              f"{cost['trial_cpu_s'] / 60:.1f} CPU min")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(f"# search: {model} on {market.upper()} | protocol: {rows[0]['protocol']} | {header}\n\n")
+        f.write(f"# search: {model} on {market.upper()} | protocol: {config_dict['eval_protocol']} | {header}\n\n")
         f.write("| trial | " + " | ".join(names) + " | valid (selected model) | epochs |\n")
         f.write("|---|" + "---|" * (len(names) + 2) + "\n")
         for t in ok:
             f.write(f"| {t['trial']} | " + " | ".join(str(t[n]) for n in names)
                     + f" | {t['valid_score']:.4f} | {t['epochs_run']} |\n")
-        f.write("\nSelected configuration (valid only), then tested once:\n\n")
+        f.write("\nSelected configuration (valid only), then tested once:\n\n" if rows else
+                "\nSelected configuration (valid only): best.yaml; not tested here (a tuned comparison tests it)\n")
         for r in rows:
             f.write(f"- {r['phase']} {r['split']} ({r['protocol']}): "
                     + ", ".join(f"{m} {r[m]:.4f}" for m in REPORTED_METRICS) + "\n")
     with open(os.path.join(out_dir, "best_test.json"), "w") as f:
-        json.dump({"best_params": best_params, "rows": rows, "trials": len(trials), "stopped_early": stopped}, f,
-                  indent=2, default=str)
+        json.dump({"best_params": best_params, "rows": rows, "trials": len(trials), "stopped_early": stopped,
+                   **cost}, f, indent=2, default=str)
     return out_dir
 

@@ -127,3 +127,28 @@ def test_an_interrupted_search_resumes_in_its_folder_and_other_settings_are_refu
     with pytest.raises(CrossMarketError, match="written for ACMR, not EASE"):
         tune_model("EASE", "bb", os.path.join(REPO, "props", "tune", "acmr.yaml"),
                    config_dict=tiny_dict(tiny_root, tmp_path))
+
+
+def test_a_tuned_comparison_runs_each_cell_with_its_searchs_selection(tiny_root, tmp_path):
+    from recbole_cmr.compare import compare
+    from recbole_cmr.tune import search_name
+
+    tuned = tmp_path / "tuned"
+    search = write_search(tmp_path, {"reg_weight": {"grid": [1.0, 5000.0]}}, scheduler="fifo", fixed={"epochs": 1})
+    out = tune_model("EASE", "bb", search, config_dict={**tiny_dict(tiny_root, tmp_path), "train_markets": "target",
+                                                        "eval_neg_num": 20},
+                     out_dir=str(tuned / search_name("EASE", "single", "bb")), test_best=False)
+    info = json.load(open(os.path.join(out, "best_test.json")))
+    assert info["rows"] == [] and info["search_wall_s"] > 0 and info["trial_cpu_s"] > 0
+    selected = yaml.safe_load(open(os.path.join(out, "best.yaml")))["reg_weight"]
+    grid_dict = {"dataset": "tiny", "data_path": tiny_root, "eval_neg_num": 20}
+    with pytest.raises(CrossMarketError, match="no finished search for 1 cell"):
+        compare(["EASE"], ["bb"], [1], "market", ["++"], str(tmp_path / "cmp"), grid_dict, tuned_dir=str(tuned))
+    with pytest.raises(CrossMarketError, match="scope 'searched' takes train_markets from tuned"):
+        compare(["EASE"], ["bb"], [1], "market", ["searched"], str(tmp_path / "cmp"), grid_dict)
+    cmp = compare(["EASE"], ["bb"], [1], "market", ["single"], str(tmp_path / "cmp"), grid_dict, tuned_dir=str(tuned))
+    run_dir = os.listdir(os.path.join(cmp, "runs"))[0]
+    config = json.load(open(os.path.join(cmp, "runs", run_dir, "config.json")))
+    assert config["reg_weight"] == selected and config["train_markets"] == "target"
+    with pytest.raises(CrossMarketError, match="the tuned configurations"):
+        compare(["EASE"], ["bb"], [2], "market", ["single"], cmp, grid_dict)

@@ -1,0 +1,125 @@
+"""The tuned comparison: one Ray Tune search per model, scope and market with the same budget, then the
+selected configurations rerun on three seeds and tested under every protocol.
+
+    python bench/tune_markets.py --markets IN,JP,DE                       # the searches (resumable)
+    python bench/tune_markets.py --markets IN,JP,DE --rerun --seeds 2020,2021,2022
+
+Budget, the same for every model: the 20 trials of its search file in ``props/tune/`` (random search),
+ASHA on valid NDCG@5 under ``market`` with a grace period of one epoch for trained models (closed-form
+ones fit once), one CPU and one torch thread per trial, two trials at a time on a 2-core machine, and the
+grid's epoch cap (50 per phase) and patience (5). EASE and ItemKNN are searched in both scopes; for the
+other built-ins the scope (``train_markets``: target or all) is a searched parameter; cross-market
+models train as their yaml says. Each search lands in ``bench/results/tune/<model>-<scope>-<market>/``
+(trials, per-epoch scores, ``best.yaml``, its wall and CPU minutes); a search that is interrupted resumes
+when the command is run again, a finished one is skipped. ``--rerun`` runs the grid of the selected
+configurations into ``bench/results/compare-tuned/`` with ``compare_markets.py``'s table.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import yaml
+
+from recbole_cmr.compare import compare
+from recbole_cmr.tune import search_name, tune_model
+from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_text
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+MODELS = "ItemKNN,EASE,M3Rec,BPR,MANeuMF,FOREC,LightGCN,SASRec,ACMR"  # cheapest searches first
+CROSS_MARKET = ("ACMR", "M3Rec", "FOREC", "MANeuMF")
+#: Built-ins searched in each scope; the others search their scope as a parameter.
+BOTH_SCOPES = ("EASE", "ItemKNN")
+SETTINGS = {"epochs": 50, "stopping_step": 5}
+
+
+def search_file(model):
+    return os.path.join(REPO, "props", "tune", f"{model.lower()}.yaml")
+
+
+def searches(models, markets):
+    """(model, scope, market, config overrides) of every search, cheapest models first."""
+    out = []
+    for model in models:
+        with open(search_file(model)) as f:
+            space = yaml.safe_load(f)["space"]
+        if model in CROSS_MARKET:
+            scopes = {"cross-market": {}}
+        elif "train_markets" in space:
+            scopes = {"searched": {}}
+        elif model in BOTH_SCOPES:
+            scopes = {"single": {"train_markets": "target"}, "++": {"train_markets": "all"}}
+        else:
+            raise CrossMarketError(f"{search_file(model)}: search train_markets, or list {model} in BOTH_SCOPES")
+        out += [(model, scope, market, overrides) for market in markets for scope, overrides in scopes.items()]
+    return out
+
+
+def cost_table(results):
+    """Per search: the selected valid score, trials stopped, wall and CPU minutes; markdown."""
+    lines = ["# Searches: selected configuration and cost\n",
+             "Valid NDCG@5 (`market` protocol) of the selected trial; search minutes on this machine "
+             "(wall, and CPU summed over trials, one CPU each).\n",
+             "| search | trials | stopped by ASHA | valid NDCG@5 | wall min | trial CPU min | selected |",
+             "|---|---|---|---|---|---|---|"]
+    for name in sorted(os.listdir(results)):
+        best = os.path.join(results, name, "best_test.json")
+        if not os.path.exists(best):
+            continue
+        with open(best) as f:
+            info = json.load(f)
+        valid = read_csv_rows(os.path.join(results, name, "trials.csv"))[0]["valid_score"]  # selected trial first
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in info["best_params"].items())
+        lines.append(f"| {name} | {info['trials']} | {info['stopped_early']} | {float(valid):.4f} | "
+                     f"{info['search_wall_s'] / 60:.1f} | {info['trial_cpu_s'] / 60:.1f} | {params} |")
+    path = os.path.join(results, "searches.md")
+    write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def main(argv=None):
+    warnings.filterwarnings("ignore")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markets", default="IN,JP,DE")
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--rerun", action="store_true", help="rerun the selected configurations on --seeds")
+    parser.add_argument("--seeds", default="2020,2021,2022")
+    parser.add_argument("--results", default=os.path.join(BENCH, "results"))
+    args = parser.parse_args(argv)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too
+    models, markets = args.models.split(","), [m.lower() for m in args.markets.split(",")]
+    tuned = os.path.join(args.results, "tune")
+    if args.rerun:
+        from compare_markets import summary
+
+        groups = {}  # compare gives one list of scopes to all its built-ins: one call per list
+        for model, scope, _, _ in searches(models, markets[:1]):
+            groups.setdefault(model, []).append("searched" if scope == "cross-market" else scope)
+        for market in markets:
+            started = time.time()
+            for scopes in dict.fromkeys(tuple(s) for s in groups.values()):
+                out = compare([m for m in models if tuple(groups[m]) == scopes], [market],
+                              [int(s) for s in args.seeds.split(",")], "market", list(scopes),
+                              os.path.join(args.results, "compare-tuned"), {"dataset": "xmarket", **SETTINGS},
+                              os.path.join(BENCH, "work", "pretrained"), test_protocols=["full", "paper"],
+                              tuned_dir=tuned)
+            print(f"{market}: {time.time() - started:.0f} s -> {summary(out)}", flush=True)
+        return 0
+    for model, scope, market, overrides in searches(models, markets):
+        out = os.path.join(tuned, search_name(model, scope, market))
+        if os.path.exists(os.path.join(out, "summary.md")):
+            continue
+        print(f"searching {model} ({scope}) on {market.upper()}", flush=True)
+        tune_model(model, market, search_file(model), config_dict={"dataset": "xmarket", **SETTINGS, **overrides},
+                   out_dir=out, test_best=False)
+        print(f"  -> {cost_table(tuned)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
