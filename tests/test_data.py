@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from recbole_cmr.config import SHIPPED_DATA_PATH
-from recbole_cmr.data.convert import ConversionError, convert, main, market_counts
+from recbole_cmr.data.convert import ATOMIC_HEADER, ConversionError, convert, main, market_counts
 
 #: Per market after collapsing duplicate (user, item) rows of the XMarket 5-core files.
 SHIPPED_COUNTS = {
@@ -58,3 +58,49 @@ def test_converter_rejects_malformed_rows_without_writing(tmp_path, capsys):
     assert not (tmp_path / "out" / "xmarket" / "xmarket.inter").exists()
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _write_csv(tmp_path, text):
+    path = tmp_path / "shop.csv"
+    path.write_text(text)
+    return str(path)
+
+
+def test_csv_import_writes_atomic_files_that_run(tmp_path, capsys):
+    from recbole_cmr.quick_start import run
+
+    rows = ["customer,product,country,when,stars"]
+    for market, n_users in (("BR", 6), ("PT", 4)):
+        for u in range(n_users):
+            for i in range(4):
+                rows.append(f"{u},p{(u + i) % 9},{market},2024-01-{i + 1:02d},{1 + i % 5}")
+    rows += ["0,p0,BR,2024-02-01,5", "", "3,p8,PT,1700000000,4"]  # a repeat (collapsed), a blank line, epoch time
+    path = _write_csv(tmp_path, "\n".join(rows) + "\n")
+    code = main(["--csv", path, "--user", "customer", "--item", "product", "--market", "country", "--time", "when",
+                 "--rating", "stars", "--out", str(tmp_path / "atomic"), "--dataset", "shop"])
+    out = capsys.readouterr().out
+    assert code == 0 and "1 repeated (user, item) row(s) collapsed" in out and "br" in out and "pt" in out
+    lines = (tmp_path / "atomic" / "shop" / "shop.inter").read_text().splitlines()
+    assert lines[0].split("\t") == ATOMIC_HEADER and len(lines) == 1 + 40 + 1
+    assert "br_0\tp0\t1.0\t1704067200\tbr" in lines
+    _, result = run("Pop", "PT", config_dict={"dataset": "shop", "data_path": str(tmp_path / "atomic"),
+                                             "checkpoint_dir": str(tmp_path / "saved"), "eval_neg_num": 3,
+                                             "state": "WARNING", "epochs": 1})
+    assert result[-1]["split"] == "test"
+
+
+@pytest.mark.parametrize("rows, flags, message", [
+    ("a,b,c\n1,x,de\n", ["--user", "a", "--item", "b", "--market", "m"], "no column --market 'm'"),
+    ("a,b,c\n1,x,de\n2,,de\n", ["--user", "a", "--item", "b", "--market", "c"], "line 3 is malformed"),
+    ("a,b,c,t\n1,x,de,2024-01-01\n2,y,de,yesterday\n", ["--user", "a", "--item", "b", "--market", "c", "--time", "t"],
+     "line 3 is malformed (1 bad row(s))"),
+    ("a,b,c,r\n1,x,de,five\n", ["--user", "a", "--item", "b", "--market", "c", "--rating", "r"], "a numeric rating"),
+    ("a,b,c\n", ["--user", "a", "--item", "b", "--market", "c"], "has a header but no rows"),
+    ("a,b,c\n1,x,de\n", ["--user", "a", "--item", "b"], "--csv needs --market"),
+])
+def test_csv_import_errors_write_nothing(tmp_path, capsys, rows, flags, message):
+    path = _write_csv(tmp_path, rows)
+    assert main(["--csv", path, *flags, "--out", str(tmp_path / "atomic")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "atomic").exists() or not os.listdir(tmp_path / "atomic" / "xmarket")

@@ -1,15 +1,21 @@
-"""Rebuild the cross-market atomic file from XMarket ``<market>_5core.txt`` files.
+"""Build the cross-market atomic file from XMarket ``<market>_5core.txt`` files or from your own CSV.
 
 Usage::
 
     python -m recbole_cmr.data.convert SRC_DIR [--out atomic_data] [--dataset xmarket]
+    python -m recbole_cmr.data.convert --csv FILE --user COL --item COL --market COL [--time COL]
+        [--rating COL] [--sep ,] [--out atomic_data] [--dataset NAME]
 
-Each source file is ``userId itemId rate date`` (space separated, with header).
-Users are per market, so a user token is ``<market>_<userId>``; item ids are kept
-as they are, so the same item is one token in every market.  Duplicate
-(user, item) rows of a market collapse into one interaction: the earliest dated
-row is kept.  The output is written to a temporary file and renamed into place,
-so a failed run never leaves a half-written atomic file.
+Each XMarket file is ``userId itemId rate date`` (space separated, with header).
+A CSV has a header naming its columns; times are numbers (seconds since 1970) or dates,
+ratings numbers (without ``--rating`` every row is rated 1; without ``--time`` every
+row has time 0, so ``split_order: time`` would order a user's items at random).
+Market names are lower-cased. Users are per market, so a user token is
+``<market>_<user>``; item ids are kept as they are, so the same item is one token in
+every market.  Duplicate (user, item) rows of a market collapse into one
+interaction: the earliest dated row is kept, and the report says how many collapsed.
+The output is written to a temporary file and renamed into place, so a failed run
+never leaves a half-written atomic file.
 """
 
 import argparse
@@ -75,10 +81,50 @@ def read_market(market, path):
     return out.drop_duplicates(["user_id", "item_id"], keep="first")
 
 
-def convert(src_dir, out_dir, dataset="xmarket"):
-    """Write ``out_dir/<dataset>/<dataset>.inter`` and return the combined frame."""
-    frames = [read_market(m, p) for m, p in find_market_files(src_dir).items()]
-    inter = pd.concat(frames, ignore_index=True)
+def read_csv(path, user, item, market, time=None, rating=None, sep=","):
+    """Interactions of a CSV file in atomic-file column order, duplicates collapsed; bad rows name their line."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"CSV file {path!r} does not exist")
+    try:
+        frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{path}: cannot be read as a CSV with separator {sep!r} "
+                              f"({' '.join(str(err).split())})") from None
+    columns = {"--user": user, "--item": item, "--market": market, "--time": time, "--rating": rating}
+    missing = [f"{flag} {name!r}" for flag, name in columns.items() if name is not None and name not in frame]
+    if missing:
+        raise ConversionError(f"{path}: no column {', '.join(missing)}; the header has {list(frame.columns)}")
+    frame = frame[~(frame.apply(lambda column: column.str.strip()) == "").all(axis=1)]  # blank lines; index = line - 2
+    if frame.empty:
+        raise ConversionError(f"{path} has a header but no rows")
+    text = {flag: frame[name].str.strip() for flag, name in columns.items() if name is not None}
+    times = pd.Series(0, index=frame.index, dtype="int64")
+    bad = pd.concat([values == "" for values in text.values()], axis=1).any(axis=1)
+    if time is not None:
+        numbers = pd.to_numeric(text["--time"], errors="coerce")
+        dates = pd.to_datetime(text["--time"].where(numbers.isna()), errors="coerce", format="mixed")
+        times = numbers.fillna((dates - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1))
+        bad |= times.isna()
+    ratings = pd.Series(1.0, index=frame.index)
+    if rating is not None:
+        ratings = pd.to_numeric(text["--rating"], errors="coerce")
+        bad |= ratings.isna()
+    if bad.any():
+        first = bad.index[bad.to_numpy()][0]
+        raise ConversionError(
+            f"{path}: line {first + 2} is malformed ({int(bad.sum())} bad row(s)): {frame.loc[first].to_dict()}; "
+            "each row needs a user, an item and a market" + (", a number or date as time" if time else "")
+            + (", a numeric rating" if rating else "") + ": fix or remove such rows"
+        )
+    markets = text["--market"].str.lower()
+    out = pd.DataFrame({"user_id": markets + "_" + text["--user"], "item_id": text["--item"],
+                        "rating": ratings.astype(float), "timestamp": times.astype("int64"), "market": markets})
+    out = out.sort_values(["user_id", "timestamp"], kind="stable")
+    return out.drop_duplicates(["user_id", "item_id"], keep="first"), len(out)
+
+
+def write_atomic(inter, out_dir, dataset):
+    """Write ``out_dir/<dataset>/<dataset>.inter`` whole or not at all; returns its path."""
     target_dir = os.path.join(out_dir, dataset)
     os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, f"{dataset}.inter")
@@ -87,6 +133,14 @@ def convert(src_dir, out_dir, dataset="xmarket"):
         f.write("\t".join(ATOMIC_HEADER) + "\n")
         inter.to_csv(f, sep="\t", header=False, index=False, float_format="%.1f")
     os.replace(tmp, target)
+    return target
+
+
+def convert(src_dir, out_dir, dataset="xmarket"):
+    """Write ``out_dir/<dataset>/<dataset>.inter`` from XMarket files and return the combined frame."""
+    frames = [read_market(m, p) for m, p in find_market_files(src_dir).items()]
+    inter = pd.concat(frames, ignore_index=True)
+    write_atomic(inter, out_dir, dataset)
     return inter
 
 
@@ -99,12 +153,26 @@ def market_counts(inter):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="folder holding <market>_5core.txt files")
+    parser.add_argument("src", nargs="?", help="folder holding <market>_5core.txt files")
+    parser.add_argument("--csv", help="a CSV file of interactions instead (with --user, --item, --market)")
+    for column in ("user", "item", "market", "time", "rating"):
+        parser.add_argument(f"--{column}", help=f"CSV: the column holding the {column}")
+    parser.add_argument("--sep", default=",", help="CSV: the field separator (default ,)")
     parser.add_argument("--out", default="atomic_data", help="atomic data root (default: atomic_data)")
     parser.add_argument("--dataset", default="xmarket", help="dataset name (default: xmarket)")
     args = parser.parse_args(argv)
     try:
-        inter = convert(args.src, args.out, args.dataset)
+        if (args.src is None) == (args.csv is None):
+            raise ConversionError("give either a folder of <market>_5core.txt files or --csv FILE")
+        if args.csv is not None:
+            needed = [f"--{c}" for c in ("user", "item", "market") if getattr(args, c) is None]
+            if needed:
+                raise ConversionError(f"--csv needs {', '.join(needed)}: the columns holding them")
+            inter, rows = read_csv(args.csv, args.user, args.item, args.market, args.time, args.rating, args.sep)
+            write_atomic(inter, args.out, args.dataset)
+            print(f"{rows - len(inter)} repeated (user, item) row(s) collapsed into their earliest")
+        else:
+            inter = convert(args.src, args.out, args.dataset)
     except ConversionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
