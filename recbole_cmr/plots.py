@@ -99,3 +99,49 @@ def comparison(rows, path, protocol, metric="ndcg@10", top=5):
              ha="center", fontsize=9)
     write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png", bbox_inches="tight"), mode="wb")
     plt.close(fig)
+
+
+def item_map(embeddings, sold_in, market_names, path, title, seed, most=2000):
+    """t-SNE of item embeddings (at most ``most`` items, seeded sample): an item sold in one market takes that
+    market's colour, an item sold in several markets is grey."""
+    from sklearn.manifold import TSNE
+
+    items = np.array([i for i in range(1, len(sold_in)) if sold_in[i]])
+    rng = np.random.default_rng(seed)
+    if len(items) > most:
+        items = np.sort(rng.choice(items, size=most, replace=False))
+    points = TSNE(n_components=2, init="pca", random_state=seed,
+                  perplexity=min(30.0, max(2.0, (len(items) - 1) / 3))).fit_transform(embeddings[items])
+    fig, ax = plt.subplots(figsize=(8, 7))
+    shared = np.array([len(sold_in[i]) > 1 for i in items])
+    ax.scatter(*points[shared].T, s=5, color="lightgray", label=f"several markets ({shared.sum()})")
+    colours = plt.get_cmap("tab10")
+    for k, market in enumerate(sorted({m for i in items[~shared] for m in sold_in[i]})):
+        mask = np.array([not s and market in sold_in[i] for i, s in zip(items, shared)])
+        ax.scatter(*points[mask].T, s=8, color=colours(k % 10), label=f"only {market_names[market]} ({mask.sum()})")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, markerscale=2, loc="best")
+    ax.set_title(f"{title}\n{len(items)} items" + (f" (a seeded sample of {most})" if len(sold_in) - 1 > most else ""),
+                 fontsize=10)
+    fig.tight_layout()
+    write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
+    plt.close(fig)
+
+
+def attention_heatmap(weights, candidate_labels, history_labels, path, title):
+    """Attention from each candidate (rows) to the history items (columns), values printed."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(history_labels) + 3.5), 0.5 * len(candidate_labels) + 2.2))
+    image = ax.imshow(weights, cmap="Blues", vmin=0, aspect="auto")
+    for (r, c), value in np.ndenumerate(weights):
+        ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                color="white" if value > 0.6 * weights.max() else "black")
+    ax.set_xticks(range(len(history_labels)), history_labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(candidate_labels)), candidate_labels, fontsize=8)
+    ax.set_xlabel("the user's history items (training data)")
+    ax.set_ylabel("candidate: predicted probability")
+    fig.colorbar(image, ax=ax, fraction=0.03, label="attention (mean over heads)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
+    plt.close(fig)

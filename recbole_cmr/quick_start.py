@@ -390,6 +390,9 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             writer.writerows(rows)
         if runner.learning_curves:
             write_csv_rows(run_dir.file("learning_curves.csv"), runner.learning_curves)
+            if config["cmr_plots"] and hasattr(runner.model, "write_pictures"):  # a model's own pictures
+                runner.model.write_pictures(runner.dataset, run_dir.work, f"{config['model']} on "
+                                            f"{config['target_market'].upper()}", config["seed"])
             if config["cmr_plots"]:
                 learning_curves(runner.learning_curves, run_dir.file("learning_curves.png"),
                                 f"{config['model']} on {config['target_market'].upper()}, valid under "

@@ -154,7 +154,8 @@ def make_trainable(model, market, config_files, config_dict):
             step["n"] += 1
             session.report({"valid_score": score, "phase": phase, "epoch": epoch})
 
-        trial_dict = {**config_dict, **params, "checkpoint_dir": os.path.abspath("checkpoints"), "state": "WARNING"}
+        trial_dict = {**config_dict, **params, "checkpoint_dir": os.path.abspath("checkpoints"), "state": "WARNING",
+                      "cmr_plots": False}
         _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report)
         final = rows[-1]
         session.report({"valid_score": final[config_dict["valid_metric"].lower()], "phase": "done",

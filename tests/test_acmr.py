@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_cmr.data.dataset import CrossMarketDataset
@@ -143,9 +144,11 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
                      test_protocols=["market", "paper", "full"],
                      callback_fn=lambda phase, epoch, score: scores.append((phase, score)))
     assert os.path.isdir(path) and not path.endswith(".incomplete")
-    assert sorted(os.listdir(path)) == ["config.json", "finetune.pth", "learning_curves.csv", "learning_curves.png",
-                                        "per_user_test.npz", "pretrain.pth", "results.csv", "results.json",
-                                        "run.log", "tensorboard"]
+    assert sorted(os.listdir(path)) == ["attention.png", "config.json", "finetune.pth", "item_map.png",
+                                        "learning_curves.csv", "learning_curves.png", "per_user_test.npz",
+                                        "pretrain.pth", "results.csv", "results.json", "run.log", "tensorboard"]
+    assert all(os.path.getsize(os.path.join(path, f"{name}.png")) > 10_000
+               for name in ("attention", "item_map", "learning_curves"))
     with open(os.path.join(path, "learning_curves.csv")) as f:
         curves = list(csv.DictReader(f))
     for phase in ("pretrain", "finetune"):
@@ -163,6 +166,23 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
     assert checkpoint["best_valid_score"] == pytest.approx(max(pretrain_scores))
     assert "ACMR on target market BB | protocol: full, market, paper | seed 2020" in open(
         os.path.join(path, "run.log")).read()
+
+
+def test_attention_rows_are_the_candidates_weights_on_the_history(acmr):
+    model, _ = acmr
+    model.eval()
+    user = int(torch.nonzero(model.user_market == model.user_market[1])[0])
+    candidates = model.target_items[:4]
+    with torch.no_grad():
+        weights, history, scores = model.attention_to_history(torch.tensor(user), candidates)
+        expected = model.predict(Interaction({model.USER_ID: torch.full((4,), user), model.ITEM_ID: candidates}))
+    assert weights.shape == (4, len(history)) and bool((weights > 0).all()) and bool((weights.sum(1) < 1).all())
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
+def test_no_pictures_when_switched_off(tiny_root, tmp_path):
+    path, _ = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, epochs=1, cmr_plots=False))
+    assert not [name for name in os.listdir(path) if name.endswith(".png")]
 
 
 def test_finetune_starts_from_best_pretrained_weights(tiny_root, tmp_path):

@@ -12,6 +12,9 @@ Rows are encoded in buckets of similar history length, each padded only to
 its own longest history, so a batch costs about its true token count.
 """
 
+import os
+
+import numpy as np
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType
@@ -59,8 +62,9 @@ class TransformerLayer(nn.Module):
         self.ffn_dropout = Dropout(dropout_prob)
         self.residual_dropout = Dropout(dropout_prob)
 
-    def forward(self, x, attention_bias):
-        """``x``: [b, n, d]; ``attention_bias``: [b, 1, 1, n], 0 for real positions and -inf for padding."""
+    def forward(self, x, attention_bias, return_attention=False):
+        """``x``: [b, n, d]; ``attention_bias``: [b, 1, 1, n], 0 for real positions and -inf for padding.
+        ``return_attention`` also returns the attention weights, [b, heads, n, n]."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         bias = attention_bias.expand(b, self.n_heads, 1, n).reshape(b * self.n_heads, 1, n)
@@ -71,7 +75,8 @@ class TransformerLayer(nn.Module):
         attended = attended.transpose(1, 2).reshape(b, n, d)
         x = self.attention_norm(x + self.residual_dropout(self.attention_out(attended)))
         ffn = self.ffn_out(self.ffn_dropout(torch.relu(self.ffn_in(x))))
-        return self.ffn_norm(x + self.residual_dropout(ffn))
+        out = self.ffn_norm(x + self.residual_dropout(ffn))
+        return (out, weights.view(b, self.n_heads, n, n)) if return_attention else out
 
 
 class ACMR(GeneralRecommender):
@@ -230,6 +235,54 @@ class ACMR(GeneralRecommender):
             sequences = torch.cat([chunk.unsqueeze(1), history.expand(len(chunk), -1)], dim=1)
             logits.append(self._encode(sequences, torch.full((len(chunk),), int(market), dtype=torch.int64)))
         return torch.sigmoid(torch.cat(logits))
+
+    def attention_to_history(self, user, candidates):
+        """For one user: the last layer's attention (mean over heads) from each candidate's position to the
+        user's history items, ``[len(candidates), w]``, the history item ids and the candidates' probabilities
+        (eval mode, PyTorch's ops: the fused kernels never form the attention map)."""
+        history = self._histories(user.view(1))[0]
+        history = history[history > 0]
+        sequences = torch.cat([candidates.unsqueeze(1), history.expand(len(candidates), -1)], dim=1)
+        x = self.item_embedding(sequences)
+        if self.market_embedding is not None:
+            x = x + self.market_embedding(self.user_market[user]).view(1, 1, -1)
+        x = self.embedding_dropout(self.embedding_norm(x))
+        bias = torch.zeros(len(candidates), 1, 1, sequences.shape[1])
+        for layer in self.layers[:-1]:
+            x = layer(x, bias)
+        x, weights = self.layers[-1](x, bias, return_attention=True)
+        scores = torch.sigmoid(self._score(x, torch.zeros_like(sequences, dtype=torch.bool)))
+        return weights.mean(1)[:, 0, 1:], history, scores
+
+    def write_pictures(self, dataset, folder, title, seed):
+        """An item-embedding map coloured by the markets selling each item, and one test user's attention."""
+        from recbole_cmr.plots import attention_heatmap, item_map
+
+        self.eval()
+        markets = dataset.inter_feat[dataset.market_field].numpy()
+        items = dataset.inter_feat[dataset.iid_field].numpy()
+        sold_in = [set() for _ in range(dataset.item_num)]
+        for item, market in zip(items.tolist(), markets.tolist()):
+            sold_in[item].add(market)
+        names = dataset.field2id_token[dataset.market_field]
+        item_map(self.item_embedding.weight.detach().numpy(), sold_in, names, os.path.join(folder, "item_map.png"),
+                 f"{title}: item embeddings (t-SNE)", seed)
+        target_users = np.flatnonzero(dataset.user_market == dataset.target_market_id)
+        lengths = (self.history_items[torch.as_tensor(target_users)] > 0).sum(1)
+        user = int(target_users[int(torch.argmax((lengths >= 5).to(torch.int8)))])  # first with 5+ history items
+        mine = items[dataset.inter_feat[dataset.uid_field].numpy() == user]
+        held_out = np.setdiff1d(mine, self.history_items[user].numpy())  # the user's valid and test items
+        others = np.setdiff1d(dataset.target_items, mine)
+        drawn = np.random.default_rng(seed).choice(others, size=min(6 - len(held_out), len(others)), replace=False)
+        candidates = torch.as_tensor(np.concatenate([held_out, drawn]))
+        with torch.no_grad():
+            weights, history, scores = self.attention_to_history(torch.tensor(user), candidates)
+        token = lambda i: dataset.id2token(dataset.iid_field, int(i))  # noqa: E731
+        labels = [f"{token(c)}{' (held out)' if c in held_out else ''}: p={s:.2f}"
+                  for c, s in zip(candidates.tolist(), scores.tolist())]
+        attention_heatmap(weights.numpy(), labels,
+                          [token(i) for i in history], os.path.join(folder, "attention.png"),
+                          f"{title}: last layer's attention of user {dataset.id2token(dataset.uid_field, user)}")
 
     def full_sort_predict(self, interaction):
         """Scores of the target market's items; other items get -inf (full ranking is per market)."""
