@@ -311,14 +311,14 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
         raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
     check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir)
     remove_stale_runs(os.path.join(out_dir, "runs"))
-    for cell in cells:
+    for number, cell in enumerate(cells, 1):
         key = (cell[0], cell[3].lower(), str(cell[4]))
         if all(any((r["label"], r["market"], str(r["seed"])) == key and r["protocol"] == p for r in rows)
                for p in tested):
             continue
         rows = [r for r in rows if (r["label"], r["market"], str(r["seed"])) != key]  # a partial cell is redone
-        print(f"running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on {protocol}, "
-              f"tested on {', '.join(tested)})", flush=True)
+        print(f"[{number}/{len(cells)}] running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on "
+              f"{protocol}, tested on {', '.join(tested)})", flush=True)
         rows += run_cell(cell, protocol, tested, cell_config_files(cell, config_file_list, tuned_dir), config_dict,
                          out_dir, pretrained_dir)
         write_csv_rows(results, rows, FIELDS)

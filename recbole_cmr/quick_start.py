@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -83,7 +84,13 @@ SETTING_RULES = {
     "untrained_items": (lambda v: v in UNTRAINED_ITEM_RULES, f"one of {', '.join(UNTRAINED_ITEM_RULES)}"),
     "torch_threads": (lambda v: v == "auto" or _is_int(v, 1), "auto or an integer >= 1"),
     "cmr_plots": (lambda v: isinstance(v, bool), "True or False"),
+    "show_progress": (lambda v: isinstance(v, bool) or v == "auto", "True, False or auto"),
 }
+
+
+def progress_bars(setting):
+    """``show_progress``: True, False, or auto (bars only where someone watches a terminal)."""
+    return sys.stderr.isatty() if setting == "auto" else bool(setting)
 
 
 def check_settings(settings):
@@ -250,7 +257,7 @@ class CrossMarketRun:
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None
         # RecBole's fit without valid data keeps the last epoch's checkpoint
         valid_data = None if phase == "pretrain" and not self.config["pretrain_valid"] else self.valid_data
-        trainer.fit(train_data, valid_data, saved=True, show_progress=self.config["show_progress"],
+        trainer.fit(train_data, valid_data, saved=True, show_progress=progress_bars(self.config["show_progress"]),
                     callback_fn=callback)
         self._record_curve(phase, trainer.epoch_history)
         return trainer

@@ -27,6 +27,7 @@ resumes where it was interrupted: finished trials are kept, unfinished ones run 
 import copy
 import json
 import os
+import sys
 import time
 
 import yaml
@@ -212,7 +213,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             param_space=param_space(search),
             tune_config=tune.TuneConfig(metric="valid_score", mode="max", scheduler=scheduler,
                                         search_alg=_search_algorithm(search), num_samples=search["num_samples"]),
-            run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=0),
+            run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=1 if sys.stdout.isatty() else 0),
         )
         started = time.time()
         grid = tuner.fit()
