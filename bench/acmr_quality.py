@@ -1,6 +1,6 @@
 """ACMR quality against the paper's Table 3 and against Pop, on the same split.
 
-    python bench/acmr_quality.py --markets in,jp --seeds 2020 --selection paper,market [--pretrain_epochs 5]
+    python bench/acmr_quality.py --markets in,jp --seeds 2020 --selection paper,market [--pretrain_max_epochs 5]
 
 Each cell (model, market, seed, selection protocol) is one run: the model is
 selected on valid under the selection protocol and its test metrics are
@@ -37,7 +37,7 @@ def run_cell(model, market, seed, selection, pretrain_epochs, work_dir):
     if model == "Pop":
         config["train_markets"] = "target"
     if pretrain_epochs:
-        config["pretrain_epochs"] = pretrain_epochs
+        config["pretrain_max_epochs"] = pretrain_epochs
     start = time.time()
     _, rows = run(model, market, config_dict=config, test_protocols=list(PROTOCOLS))
     wall = round(time.time() - start, 1)
@@ -97,7 +97,7 @@ def main(argv=None):
     parser.add_argument("--seeds", default="2020")
     parser.add_argument("--selection", default="paper,market", help="protocols to select on")
     parser.add_argument("--models", default="Pop,ACMR")
-    parser.add_argument("--pretrain_epochs", type=int, default=None)
+    parser.add_argument("--pretrain_max_epochs", type=int, default=None)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "acmr_quality"))
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it
@@ -111,7 +111,7 @@ def main(argv=None):
                     if (model, market, seed, selection) in done:
                         continue
                     print(f"running {model} {market} seed {seed} selection {selection}", flush=True)
-                    rows += run_cell(model, market, int(seed), selection, args.pretrain_epochs, work_dir)
+                    rows += run_cell(model, market, int(seed), selection, args.pretrain_max_epochs, work_dir)
                     write_csv_rows(args.out + ".csv", rows, FIELDS)
                     with open(args.out + ".md", "w") as f:
                         f.write(markdown(rows))

@@ -33,7 +33,7 @@ from recbole_cmr.trainer import (
     record_finetune_rng_state,
     restore_finetune_rng_state,
 )
-from recbole_cmr.utils import CrossMarketError, choose_threads, write_csv_rows
+from recbole_cmr.utils import CrossMarketError, choose_threads, get_model, write_csv_rows
 
 PHASES = ("both", "pretrain", "finetune")
 REPORTED_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
@@ -47,11 +47,23 @@ def make_config(model, market=None, config_file_list=None, config_dict=None):
         read_config_file(path)
     if market is not None:
         config_dict["target_market"] = str(market).lower()
+    check_trainer(model)
     config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],
                                config_file_list=config_file_list, config_dict=config_dict)
     check_training_parameters(config)
     check_model_fits(config)
     return config
+
+
+def check_trainer(model):
+    """Refuse models whose RecBole trainer runs its own pre-training stages (before RecBole's config checks)."""
+    from recbole.trainer import PretrainTrainer
+    from recbole.utils import get_trainer as recbole_trainer
+
+    if issubclass(recbole_trainer(get_model(model).type, model), PretrainTrainer):
+        raise CrossMarketError(f"{model} trains in RecBole's own stages (train_stage, with its pretrain_epochs and "
+                               "save_step), which the cross-market runner does not drive; run those stages with "
+                               "RecBole's run_recbole, or choose another model")
 
 
 def _is_int(value, low):
@@ -74,7 +86,7 @@ SETTING_RULES = {
     "eval_neg_num": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
     "split_seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
-    "pretrain_epochs": (lambda v: v is None or _is_int(v, 1), "an integer >= 1, or ~ for the epochs cap"),
+    "pretrain_max_epochs": (lambda v: v is None or _is_int(v, 1), "an integer >= 1, or ~ for the epochs cap"),
     "dropout_prob": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
     "embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "topk": (lambda v: isinstance(v, list) and bool(v) and all(_is_int(k, 1) for k in v),
@@ -250,8 +262,8 @@ class CrossMarketRun:
         if self.config["untrained_items"] == "last":
             trainer.eval_collector.trained_items = self.trained_items
         trainer.saved_model_file = self.run_dir.file(f"{phase}.pth")
-        if phase == "pretrain" and self.config["pretrain_epochs"]:
-            trainer.epochs = min(trainer.epochs, int(self.config["pretrain_epochs"]))
+        if phase == "pretrain" and self.config["pretrain_max_epochs"]:
+            trainer.epochs = min(trainer.epochs, int(self.config["pretrain_max_epochs"]))
             trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None

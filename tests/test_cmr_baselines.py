@@ -46,7 +46,7 @@ def test_market_aware_neumf_end_to_end(tiny_root, tmp_path, protocol):
 
 
 def test_forec_pretrains_on_sources_then_forks_a_target_head(tiny_root, tmp_path, tiny_config):
-    path, rows = run("FOREC", "bb", config_dict=tiny_dict(tiny_root, tmp_path, pretrain_epochs=2))
+    path, rows = run("FOREC", "bb", config_dict=tiny_dict(tiny_root, tmp_path, pretrain_max_epochs=2))
     assert [(r["phase"], r["split"]) for r in rows] == [("pretrain", "valid"), ("pretrain", "test"),
                                                         ("finetune", "valid"), ("finetune", "test")]
     pretrained = torch.load(f"{path}/pretrain.pth", weights_only=True)
@@ -116,6 +116,8 @@ def test_m3rec_end_to_end(tiny_root, tmp_path, protocol):
     ("MANeuMF", {"train_markets": "target"}, "cannot run with train_markets: target"),
     ("M3Rec", {"inter_weight": 1.5}, "inter_weight must be in"),
     ("KGAT", {}, "knowledge-graph files"),
+    ("RaCT", {}, "RaCT trains in RecBole's own stages"),
+    ("S3Rec", {}, "S3Rec trains in RecBole's own stages"),
 ])
 def test_models_that_cannot_run_say_why(tiny_root, tmp_path, model, overrides, message):
     with pytest.raises(CrossMarketError, match=message):

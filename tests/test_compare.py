@@ -67,7 +67,7 @@ def test_bad_grid_fails_before_running(tiny_root, tmp_path, models, markets, mes
 def test_two_phase_pretraining_is_reused_where_the_protocol_allows(tiny_root, tmp_path):
     """FOREC keeps its last pre-training epoch, so both protocols fine-tune from one pre-training;
     ACMR selects its pre-training epoch on valid, so each protocol pre-trains its own."""
-    settings = {**tiny_dict(tiny_root), "pretrain_epochs": 1}
+    settings = {**tiny_dict(tiny_root), "pretrain_max_epochs": 1}
     for protocol in ("market", "paper"):
         compare(["FOREC", "ACMR"], ["bb"], [1], protocol, ["++"], str(tmp_path / protocol), settings)
     cached = sorted(os.listdir(tmp_path / "pretrained"))

@@ -130,7 +130,7 @@ def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
     ("--metrics=['AUC']", "metrics must be a list of ranking metrics"),
     ("--seed=abc", "seed must be an integer >= 0, got 'abc'"),
     ("--split_seed=-1", "split_seed must be an integer >= 0, got -1"),
-    ("--pretrain_epochs=-1", "pretrain_epochs must be an integer >= 1"),
+    ("--pretrain_max_epochs=-1", "pretrain_max_epochs must be an integer >= 1"),
     ("--untrained_items=first", "untrained_items must be one of last, score"),
 ])
 def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
@@ -166,7 +166,7 @@ def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_
     saved = tmp_path / "saved"
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=bb",
                              "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}",
-                             "--epochs=100000", "--pretrain_epochs=100000", "--stopping_step=100000",
+                             "--epochs=100000", "--pretrain_max_epochs=100000", "--stopping_step=100000",
                              "--embedding_size=8", "--n_heads=2", "--n_layers=1", "--eval_neg_num=20"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -258,7 +258,7 @@ def test_a_grid_replaces_a_corrupt_cached_pretraining_and_removes_stale_run_fold
     stale = out / "runs" / "FOREC-bb-market-seed1-x.incomplete"
     stale.mkdir(parents=True)
     cache.mkdir()
-    settings = {"dataset": "tiny", "data_path": tiny_root, "epochs": 1, "pretrain_epochs": 1, "eval_neg_num": 20}
+    settings = {"dataset": "tiny", "data_path": tiny_root, "epochs": 1, "pretrain_max_epochs": 1, "eval_neg_num": 20}
     from recbole_cmr.compare import pretrained_name
 
     name = pretrained_name(("FOREC", "FOREC", "cross-market", "bb", 1), "market", None,
