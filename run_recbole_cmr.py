@@ -34,7 +34,8 @@ def parse_args(argv):
     parser.add_argument("--market", default=None,
                         help="target market, case-insensitive (default IN); --recommend: the market of new users")
     parser.add_argument("--dataset", "-d", default="xmarket", help="dataset name under data_path (default xmarket)")
-    parser.add_argument("--protocol", default=None, help="evaluation protocol: paper, market (default) or full")
+    parser.add_argument("--protocol", default=None, help="evaluation protocol: market (default), full, paper "
+                        "or one registered in recbole_cmr.data.protocol")
     parser.add_argument("--test_protocols", default=None,
                         help="comma list: also test the selected model under these protocols, e.g. paper,market,full")
     parser.add_argument("--config_files", default=None, help="comma separated yaml files")

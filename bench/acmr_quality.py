@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+from recbole_cmr.data.protocol import PROTOCOLS
 from recbole_cmr.quick_start import REPORTED_METRICS, run
 from recbole_cmr.utils import read_csv_rows, write_csv_rows
 
@@ -27,7 +28,6 @@ PAPER_ACMR = {
     "uk": (0.6481, 0.7636, 0.5172, 0.5546),
 }
 TABLE_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
-PROTOCOLS = ("paper", "market", "full")
 FIELDS = ["model", "market", "seed", "selection", "phase", "protocol", "split", *REPORTED_METRICS, "wall_s",
           "pretrain_epochs"]
 

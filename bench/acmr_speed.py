@@ -47,7 +47,7 @@ def stack_flops(model, shapes):
 
 def measure(path, market, full_market, threads):
     """One path's timings, in this process."""
-    from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
+    from recbole_cmr.data.protocol import PROTOCOLS, eval_dataloaders, train_dataloader
     from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, make_config, protocol_config
     from recbole_cmr.trainer import get_trainer
 
@@ -76,7 +76,7 @@ def measure(path, market, full_market, threads):
     start = time.time()
     trainer._train_epoch(runner._target_train_data(), 1)
     result["finetune_epoch_s"] = round(time.time() - start, 2)
-    for protocol in ("paper", "market", "full"):
+    for protocol in PROTOCOLS:
         valid, _ = eval_dataloaders(protocol_config(config, protocol), runner.dataset, runner.built)
         start = time.time()
         _, metrics = trainer._valid_epoch(valid)

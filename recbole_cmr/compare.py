@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from recbole_cmr.config import PROTOCOLS
 from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.plots import comparison
 from recbole_cmr.quick_start import make_config, run
@@ -297,9 +297,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     """
     config_dict = dict(config_dict or {})
     tested = list(dict.fromkeys([protocol, *(test_protocols or [])]))
-    for p in tested:
-        if p not in PROTOCOLS:
-            raise CrossMarketError(f"unknown protocol {p!r}; choose from {', '.join(PROTOCOLS)}")
+    tested = [get_protocol(p).name for p in tested]
     tuned_dir = os.path.abspath(tuned_dir) if tuned_dir else None
     cells = plan(models, markets, seeds, protocol, list(scopes), config_file_list, config_dict, tuned_dir)
     out_dir = os.path.abspath(out_dir or os.path.join("saved", f"compare-{protocol}"))

@@ -6,13 +6,13 @@ import recbole
 import yaml
 from recbole.config import Config
 
+from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.utils import CrossMarketError, get_model
 
 PLUGIN_PROPERTIES = os.path.join(os.path.dirname(os.path.realpath(__file__)), "properties")
 SHIPPED_DATA_PATH = os.path.abspath(
     os.path.join(os.path.dirname(os.path.realpath(__file__)), os.pardir, "atomic_data")
 )
-PROTOCOLS = ("paper", "market", "full")
 
 
 class CrossMarketConfig(Config):
@@ -40,14 +40,9 @@ class CrossMarketConfig(Config):
                 self._update_internal_config_dict(path)
 
     def _set_default_parameters(self):
-        protocol = str(self.final_config_dict.get("eval_protocol")).lower()
-        if protocol not in PROTOCOLS:
-            raise CrossMarketError(
-                f"unknown eval_protocol {self.final_config_dict.get('eval_protocol')!r}; "
-                f"choose one of {', '.join(PROTOCOLS)} (e.g. --protocol=market)"
-            )
-        self.final_config_dict["eval_protocol"] = protocol
-        mode = "full" if protocol == "full" else f"uni{int(self.final_config_dict['eval_neg_num'])}"
+        protocol = get_protocol(self.final_config_dict.get("eval_protocol"))
+        self.final_config_dict["eval_protocol"] = protocol.name
+        mode = protocol.eval_mode(self.final_config_dict["eval_neg_num"])
         eval_args = dict(self.final_config_dict.get("eval_args") or {})
         eval_args["mode"] = {"valid": mode, "test": mode}
         self.final_config_dict["eval_args"] = eval_args

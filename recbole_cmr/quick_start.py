@@ -21,9 +21,9 @@ import torch
 from recbole.utils import ModelType, init_seed
 from recbole.utils.logger import RemoveColorFilter
 
-from recbole_cmr.config import PROTOCOLS, CrossMarketConfig, read_config_file
+from recbole_cmr.config import CrossMarketConfig, read_config_file
 from recbole_cmr.data.dataset import create_dataset
-from recbole_cmr.data.protocol import eval_dataloaders, train_dataloader
+from recbole_cmr.data.protocol import eval_dataloaders, get_protocol, train_dataloader
 from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
 from recbole_cmr.plots import learning_curves
 from recbole_cmr.trainer import (
@@ -150,7 +150,7 @@ def protocol_config(config, protocol):
     """A copy of ``config`` that evaluates under another protocol (same split and seed)."""
     other = copy.copy(config)
     other.final_config_dict = copy.deepcopy(config.final_config_dict)
-    mode = "full" if protocol == "full" else f"uni{config['eval_neg_num']}"
+    mode = get_protocol(protocol).eval_mode(config["eval_neg_num"])
     other.final_config_dict["eval_protocol"] = protocol
     other.final_config_dict["eval_args"]["mode"] = {"valid": mode, "test": mode}
     other._set_eval_neg_sample_args("valid")
@@ -378,10 +378,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     config = make_config(model, market, config_file_list, config_dict)
     if test_protocols != []:  # [] (searches): no test metric at all
         test_protocols = list(dict.fromkeys([config["eval_protocol"], *(test_protocols or [])]))
-    for protocol in test_protocols:
-        if protocol not in PROTOCOLS:
-            raise CrossMarketError(f"unknown protocol {protocol!r} in test protocols; "
-                                   f"choose from {', '.join(PROTOCOLS)}")
+    test_protocols = [get_protocol(protocol).name for protocol in test_protocols]
     if not config["finetune"] and (phase != "both" or pretrained is not None):
         raise CrossMarketError(f"{config['model']} trains in one phase; --phase and --pretrained are for "
                                "two-phase models (ACMR, FOREC)")

@@ -84,3 +84,36 @@ def test_full_ranks_exactly_the_target_items(tiny_config):
                     known |= set(built[1].inter_feat["item_id"][built[1].inter_feat["user_id"] == user].tolist())
                 assert ranked == target_items - known
             assert set(positive_i.tolist()) <= target_items
+
+
+@pytest.fixture
+def toy_protocol():
+    """A protocol added the way a contributor adds one: a single registered entry, here every other
+    target-market item as the pool."""
+    from recbole_cmr.data.protocol import PROTOCOLS, Protocol, register_protocol
+
+    toy = register_protocol(Protocol("halfmarket", lambda dataset: dataset.target_items[::2], False,
+                                     "eval_neg_num negatives from every other target-market item"))
+    yield toy
+    del PROTOCOLS[toy.name]
+
+
+def test_a_registered_protocol_serves_the_config_the_runner_and_the_grid(tiny_config, tiny_root, tmp_path,
+                                                                          toy_protocol):
+    from recbole_cmr.compare import compare
+    from recbole_cmr.quick_start import run
+
+    config = tiny_config(eval_protocol="HalfMarket", eval_neg_num=5)
+    assert config["eval_protocol"] == "halfmarket" and config["eval_args"]["mode"]["valid"] == "uni5"
+    dataset, built, (valid, test) = loaders(config)
+    pool = set(dataset.target_items[::2].tolist())
+    for loader in (valid, test):
+        presented = candidates(loader)
+        assert presented and all(len(negs) == 5 and set(negs) <= pool for _, negs in presented.values())
+    settings = {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"),
+                "eval_neg_num": 5, "state": "WARNING", "epochs": 1}
+    _, rows = run("Pop", "bb", config_dict=settings, test_protocols=["halfmarket"])
+    assert {r["protocol"] for r in rows} == {"market", "halfmarket"}
+    out = compare(["Pop"], ["bb"], [1], "halfmarket", ["single"], str(tmp_path / "cmp"), settings,
+                  test_protocols=["market"])
+    assert "protocol `halfmarket`" in open(f"{out}/table.md").read()

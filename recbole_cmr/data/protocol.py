@@ -1,5 +1,9 @@
 """Evaluation protocols on RecBole's own samplers and evaluation dataloaders.
 
+A protocol is one :class:`Protocol` entry in ``PROTOCOLS`` (add one with
+:func:`register_protocol`): its candidate pool, and whether the whole pool is
+ranked or ``eval_neg_num`` negatives are drawn from it per valid/test positive.
+
 - ``paper``: 99 negatives per valid/test positive, uniform over the items of all
   markets, none of them an item of the user (what the ACMR paper did).
 - ``market``: 99 negatives uniform over the target market's items, none of them
@@ -12,6 +16,9 @@ Negatives are drawn once per (phase, user) from ``split_seed``, so every model
 evaluated on the same split meets exactly the same candidates.
 """
 
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, NegSampleEvalDataLoader, TrainDataLoader
@@ -20,6 +27,47 @@ from recbole.sampler import Sampler
 from recbole_cmr.utils import CrossMarketError
 
 EVAL_PHASES = ("valid", "test")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: the candidate items of a split, and how many of them a user meets."""
+
+    name: str
+    pool: Callable  # (built CrossMarketDataset) -> candidate item ids
+    full_ranking: bool  # True: rank the whole pool; False: eval_neg_num negatives drawn from it
+    description: str
+
+    def eval_mode(self, neg_num):
+        """RecBole's ``eval_args.mode`` for this protocol."""
+        return "full" if self.full_ranking else f"uni{int(neg_num)}"
+
+
+#: Protocols by name; the config, the runner, the grid and the command line all read this.
+PROTOCOLS = {}
+
+
+def register_protocol(protocol):
+    """Make ``protocol`` available as ``eval_protocol: <name>`` everywhere."""
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+register_protocol(Protocol("paper", lambda dataset: np.arange(1, dataset.item_num), False,
+                           "eval_neg_num negatives from all markets' items (the ACMR paper)"))
+register_protocol(Protocol("market", lambda dataset: dataset.target_items, False,
+                           "eval_neg_num negatives from the target market's items"))
+register_protocol(Protocol("full", lambda dataset: dataset.target_items, True,
+                           "every target-market item ranked"))
+
+
+def get_protocol(name):
+    """The registered protocol ``name`` (case-insensitive), or say which exist."""
+    protocol = PROTOCOLS.get(str(name).lower())
+    if protocol is None:
+        raise CrossMarketError(f"unknown eval_protocol {name!r}; choose one of {', '.join(PROTOCOLS)} "
+                               "(e.g. --protocol=market)")
+    return protocol
 
 
 class ProtocolSampler(Sampler):
@@ -55,7 +103,7 @@ class ProtocolSampler(Sampler):
 
 
 class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
-    """RecBole's full-sort loader that also masks every item outside the target market."""
+    """RecBole's full-sort loader that also masks every item outside the protocol's pool."""
 
     def __init__(self, config, dataset, sampler, shuffle=False):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
@@ -78,21 +126,15 @@ class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
         return user_df, (torch.cat([history_u, outside_u]), torch.cat([history_i, outside_i])), positive_u, positive_i
 
 
-def protocol_pool(config, dataset):
-    """Candidate item ids of the configured protocol."""
-    if config["eval_protocol"] == "paper":
-        return np.arange(1, dataset.item_num)
-    return dataset.target_items
-
-
 def eval_dataloaders(config, dataset, built_datasets):
     """Valid and test dataloaders for ``config['eval_protocol']``."""
     train, valid, test = built_datasets
     seed = config["split_seed"]
+    protocol = get_protocol(config["eval_protocol"])
     sampler = ProtocolSampler(
-        [dataset.history_dataset, valid, test], protocol_pool(config, dataset), int(config["eval_neg_num"]), int(seed)
+        [dataset.history_dataset, valid, test], protocol.pool(dataset), int(config["eval_neg_num"]), int(seed)
     )
-    loader = MarketFullSortEvalDataLoader if config["eval_protocol"] == "full" else NegSampleEvalDataLoader
+    loader = MarketFullSortEvalDataLoader if protocol.full_ranking else NegSampleEvalDataLoader
     return (loader(config, valid, sampler.set_phase("valid"), shuffle=False),
             loader(config, test, sampler.set_phase("test"), shuffle=False))
 
