@@ -31,6 +31,7 @@ from scipy import stats
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.evaluator import EVALUATION
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
 from recbole_cmr.quick_start import make_config, run
 from recbole_cmr.tune import search_name
@@ -41,8 +42,6 @@ SCOPES = {"single": "target", "++": "all", "searched": None}
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10")
 FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol", "split", *METRICS, "mrr@10",
           "seconds"]
-#: Table labels of models that are not the published method's own code.
-LABELS = {"M3Rec": "M3Rec (our reconstruction)"}
 
 
 def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict, tuned_dir=None):
@@ -56,12 +55,12 @@ def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict
     cells = []
     for model in models:
         config = make_config(model, markets[0], config_file_list, {**config_dict, "eval_protocol": protocol})
-        cross_market = bool(config["finetune"]) or hasattr(config.model_class, "required_train_markets")
+        cross_market = issubclass(config.model_class, CrossMarketModel)
         for scope in (["cross-market"] if cross_market else scopes):
             for market in markets:
                 for seed in seeds:
                     scope_text = "scope searched" if scope == "searched" else scope
-                    label = LABELS.get(model, model) if cross_market else f"{model} ({scope_text})"
+                    label = (config.model_class.label or model) if cross_market else f"{model} ({scope_text})"
                     cells.append((label, model, scope, market, seed))
     if tuned_dir:
         missing = sorted({tuned_file(tuned_dir, cell) for cell in cells} - set(glob.glob(

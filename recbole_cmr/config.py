@@ -38,6 +38,9 @@ class CrossMarketConfig(Config):
         ):
             if os.path.isfile(path):
                 self._update_internal_config_dict(path)
+        scopes = getattr(model_class, "train_markets", None)  # a cross-market model declares its scopes once
+        if scopes:
+            self.internal_config_dict["train_markets"] = scopes[0]
 
     def _set_default_parameters(self):
         protocol = get_protocol(self.final_config_dict.get("eval_protocol"))

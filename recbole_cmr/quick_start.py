@@ -25,6 +25,7 @@ from recbole_cmr.config import CrossMarketConfig, read_config_file
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, get_protocol, train_dataloader
 from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import learning_curves
 from recbole_cmr.trainer import (
     get_trainer,
@@ -138,7 +139,7 @@ def check_model_fits(config):
     if config["MODEL_TYPE"] == ModelType.DECISIONTREE:
         raise CrossMarketError(f"{model} is a decision-tree model (xgboost/lightgbm, trained outside torch); "
                                "the cross-market runner serves RecBole's torch models only")
-    required = getattr(config.model_class, "required_train_markets", None)
+    required = getattr(config.model_class, "train_markets", None)
     if required and scope not in required:
         raise CrossMarketError(
             f"{model} is a cross-market model that trains with train_markets: {' or '.join(required)} "
@@ -309,7 +310,7 @@ class CrossMarketRun:
         load_state_dict(self.model, checkpoint, path)
         self.trained_items |= checkpoint["trained_items"]
         self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        if hasattr(self.model, "start_finetune"):  # e.g. FOREC forks its target-market head here
+        if isinstance(self.model, CrossMarketModel):  # e.g. FOREC forks its target-market head here
             self.model.start_finetune()
         restore_finetune_rng_state(checkpoint)
 
@@ -406,7 +407,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             writer.writerows(rows)
         if runner.learning_curves:
             write_csv_rows(run_dir.file("learning_curves.csv"), runner.learning_curves)
-            if config["cmr_plots"] and hasattr(runner.model, "write_pictures"):  # a model's own pictures
+            if config["cmr_plots"] and getattr(runner.model, "write_pictures", None):  # a model's own pictures
                 runner.model.write_pictures(runner.dataset, run_dir.work, f"{config['model']} on "
                                             f"{config['target_market'].upper()}", config["seed"])
             if config["cmr_plots"]:

@@ -17,10 +17,23 @@ class CrossMarketError(ValueError):
 
 
 def plugin_model_names():
-    """Model classes this plugin adds, by name."""
-    from recbole_cmr import model as plugin_models
+    """Model classes this plugin adds, by class name: every RecBole recommender defined in a module of
+    ``recbole_cmr/model/`` (a new model is found by its file alone)."""
+    import importlib
+    import inspect
 
-    return {name: getattr(plugin_models, name) for name in plugin_models.__all__}
+    from recbole.model.abstract_recommender import AbstractRecommender
+
+    from recbole_cmr import model as package
+
+    found = {}
+    importlib.invalidate_caches()  # a model file added while the process runs is found too
+    for module_info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, AbstractRecommender) and cls.__module__ == module.__name__:
+                found[name] = cls
+    return found
 
 
 def recbole_model_names():

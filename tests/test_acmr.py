@@ -11,8 +11,7 @@ from recbole.utils import init_seed
 
 from recbole_cmr.data.dataset import CrossMarketDataset
 from recbole_cmr.data.protocol import data_preparation
-from recbole_cmr.model import ACMR
-from recbole_cmr.model.acmr import Dropout
+from recbole_cmr.model.acmr import ACMR, Dropout
 from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, run
 from recbole_cmr.utils import CrossMarketError
 

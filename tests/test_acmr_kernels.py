@@ -89,7 +89,7 @@ def test_dropout_drops_p_of_the_elements_and_follows_torch_seed():
 
 def test_acmr_scores_the_same_with_either_path(tiny_config):
     from recbole_cmr.data.dataset import CrossMarketDataset
-    from recbole_cmr.model import ACMR
+    from recbole_cmr.model.acmr import ACMR
 
     eager_config = tiny_config("ACMR", embedding_size=32, n_heads=8, n_layers=2, fused_kernels="eager")
     fused_config = tiny_config("ACMR", embedding_size=32, n_heads=8, n_layers=2, fused_kernels="fused")

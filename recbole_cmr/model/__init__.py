@@ -1,8 +1,3 @@
-"""Models added by recbole-cmr (Pop: RecBole's, counting fixed); any other name falls back to RecBole's built-ins."""
-
-from recbole_cmr.model.acmr import ACMR
-from recbole_cmr.model.m3rec import M3Rec
-from recbole_cmr.model.neumf import FOREC, MANeuMF
-from recbole_cmr.model.pop import Pop
-
-__all__ = ["ACMR", "FOREC", "MANeuMF", "M3Rec", "Pop"]
+"""Models added by recbole-cmr, one module each, found by class name (``utils.plugin_model_names``):
+ACMR, M3Rec, FOREC, MANeuMF, and Pop (RecBole's, its counting fixed). Any other name is RecBole's own model.
+The contract of a cross-market model is :class:`~recbole_cmr.model.abstract_recommender.CrossMarketModel`."""

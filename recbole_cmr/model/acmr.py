@@ -21,6 +21,7 @@ from recbole.utils import InputType
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.model.acmr_kernels import KERNEL_MODES, fused_layer_forward, load_kernels
 from recbole_cmr.utils import CrossMarketError
 
@@ -79,8 +80,9 @@ class TransformerLayer(nn.Module):
         return (out, weights.view(b, self.n_heads, n, n)) if return_attention else out
 
 
-class ACMR(GeneralRecommender):
+class ACMR(CrossMarketModel, GeneralRecommender):
     input_type = InputType.POINTWISE
+    train_markets = ("all", "target", "source")  # target and source: the paper's ablation and cold start
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

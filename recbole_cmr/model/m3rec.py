@@ -21,6 +21,7 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.utils import CrossMarketError
 
 
@@ -36,10 +37,11 @@ def _scale(matrix):
     return matrix / mean if mean > 0 else matrix
 
 
-class M3Rec(GeneralRecommender):
+class M3Rec(CrossMarketModel, GeneralRecommender):
     input_type = InputType.POINTWISE
     type = ModelType.TRADITIONAL
-    required_train_markets = ("all",)
+    label = "M3Rec (our reconstruction)"
+    train_markets = ("all",)  # the priors read all markets' training data
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

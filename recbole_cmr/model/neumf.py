@@ -14,11 +14,13 @@ import torch
 from recbole.model.general_recommender import NeuMF
 from torch import nn
 
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
 
-class MANeuMF(NeuMF):
+
+class MANeuMF(CrossMarketModel, NeuMF):
     """NeuMF whose item embeddings are modulated by the user's market (users belong to one market)."""
 
-    required_train_markets = ("all",)
+    train_markets = ("all",)  # trained on all markets at once (the model's point)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -38,7 +40,7 @@ class MANeuMF(NeuMF):
         return self.predict_layer(torch.cat((mf, self.mlp_layers(mlp_input)), -1)).squeeze(-1)
 
 
-class FOREC(NeuMF):
+class FOREC(CrossMarketModel, NeuMF):
     """NeuMF pre-trained on the source markets, then forked: a target-market head over the frozen shared tower.
 
     The two-phase runner calls :meth:`start_finetune` after loading the pre-trained
@@ -46,7 +48,7 @@ class FOREC(NeuMF):
     copy of the prediction layer, so fine-tuning starts from the shared model's scores.
     """
 
-    required_train_markets = ("source",)
+    train_markets = ("source",)  # the shared model never sees target-market data
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
