@@ -47,8 +47,9 @@ def stack_flops(model, shapes):
 
 def measure(path, market, full_market, threads):
     """One path's timings, in this process."""
+    from recbole_cmr.config import make_config, protocol_config
     from recbole_cmr.data.protocol import PROTOCOLS, eval_dataloaders, train_dataloader
-    from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, make_config, protocol_config
+    from recbole_cmr.quick_start import CrossMarketRun, RunDirectory
     from recbole_cmr.trainer import get_trainer
 
     settings = {"checkpoint_dir": tempfile.mkdtemp(), "state": "WARNING", "fused_kernels": path,

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from scipy import stats
 
+from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
-from recbole_cmr.quick_start import make_config, run
+from recbole_cmr.quick_start import run
 from recbole_cmr.tune import search_name
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows, write_text
 

@@ -1,12 +1,17 @@
-"""RecBole Config that knows the plugin's models, yaml defaults and evaluation protocols."""
+"""RecBole Config that knows the plugin's models, yaml defaults and evaluation protocols, and the checks
+that refuse impossible settings before any data is read."""
 
+import copy
 import os
 
+import numpy as np
 import recbole
 import yaml
 from recbole.config import Config
+from recbole.utils import ModelType
 
 from recbole_cmr.data.protocol import get_protocol
+from recbole_cmr.evaluator import FAIR_METRICS, UNTRAINED_ITEM_RULES
 from recbole_cmr.utils import CrossMarketError, get_model
 
 PLUGIN_PROPERTIES = os.path.join(os.path.dirname(os.path.realpath(__file__)), "properties")
@@ -98,3 +103,117 @@ def known_config_keys(config_file_list=None):
 def typed_overrides(overrides):
     """Command-line strings -> values, by RecBole's own conversion (``"1e-2"`` -> 0.01, ``"[16, 32]"`` -> list)."""
     return Config._convert_config_dict(None, dict(overrides))  # it uses no instance state
+
+
+def make_config(model, market=None, config_file_list=None, config_dict=None):
+    """The run's Config: plugin yaml < files < dict (< RecBole's own command-line overrides)."""
+    config_dict = dict(config_dict or {})
+    config_dict.setdefault("dataset", "xmarket")
+    for path in config_file_list or []:
+        read_config_file(path)
+    if market is not None:
+        config_dict["target_market"] = str(market).lower()
+    check_trainer(model)
+    config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],
+                               config_file_list=config_file_list, config_dict=config_dict)
+    check_training_parameters(config)
+    check_model_fits(config)
+    return config
+
+
+def check_trainer(model):
+    """Refuse models whose RecBole trainer runs its own pre-training stages (before RecBole's config checks)."""
+    from recbole.trainer import PretrainTrainer
+    from recbole.utils import get_trainer as recbole_trainer
+
+    if issubclass(recbole_trainer(get_model(model).type, model), PretrainTrainer):
+        raise CrossMarketError(f"{model} trains in RecBole's own stages (train_stage, with its pretrain_epochs and "
+                               "save_step), which the cross-market runner does not drive; run those stages with "
+                               "RecBole's run_recbole, or choose another model")
+
+
+def _is_int(value, low):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+#: key -> (accepts the value, what it must be); keys a model does not have are skipped.
+SETTING_RULES = {
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "epochs": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "train_batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "eval_batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "eval_step": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "stopping_step": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "eval_neg_num": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "split_seed": (lambda v: _is_int(v, 0), "an integer >= 0"),
+    "pretrain_max_epochs": (lambda v: v is None or _is_int(v, 1), "an integer >= 1, or ~ for the epochs cap"),
+    "dropout_prob": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "topk": (lambda v: isinstance(v, list) and bool(v) and all(_is_int(k, 1) for k in v),
+             "a non-empty list of integers >= 1"),
+    "metrics": (lambda v: isinstance(v, list) and bool(v) and all(str(m).lower() in FAIR_METRICS for m in v),
+                f"a list of ranking metrics from {', '.join(m.capitalize() for m in FAIR_METRICS)}"),
+    "untrained_items": (lambda v: v in UNTRAINED_ITEM_RULES, f"one of {', '.join(UNTRAINED_ITEM_RULES)}"),
+    "torch_threads": (lambda v: v == "auto" or _is_int(v, 1), "auto or an integer >= 1"),
+    "cmr_plots": (lambda v: isinstance(v, bool), "True or False"),
+    "show_progress": (lambda v: isinstance(v, bool) or v == "auto", "True, False or auto"),
+}
+
+
+def check_settings(settings):
+    """Reject settings no run can use, before any data is read; ``settings`` is a final config dict."""
+    problems = [f"{key} must be {what}, got {settings[key]!r}" for key, (accepts, what) in SETTING_RULES.items()
+                if key in settings and not accepts(settings[key])]
+    if not problems:
+        valid_metric = str(settings.get("valid_metric")).lower()
+        name, _, k = valid_metric.partition("@")
+        metrics = [str(m).lower() for m in settings["metrics"]]
+        if name not in metrics or not k.isdigit() or int(k) not in settings["topk"]:
+            problems.append(f"valid_metric must be one of the configured metrics at one of topk "
+                            f"(e.g. NDCG@{settings['topk'][0]}), got {settings.get('valid_metric')!r}")
+    check_model_settings = getattr(settings.get("model_class"), "check_settings", None)
+    if not problems and check_model_settings:
+        problems += check_model_settings(settings)
+    if problems:
+        raise CrossMarketError("impossible settings: " + "; ".join(problems))
+
+
+def check_training_parameters(config):
+    """:func:`check_settings` on a Config."""
+    check_settings({**config.final_config_dict, "model_class": config.model_class})
+
+
+def check_model_fits(config):
+    """Reject a model the cross-market split or the chosen scope cannot serve, saying why."""
+    model, scope = config["model"], str(config["train_markets"]).lower()
+    if config["MODEL_TYPE"] == ModelType.KNOWLEDGE:
+        raise CrossMarketError(f"{model} is a knowledge-aware model: it needs knowledge-graph files (.kg, .link) "
+                               "that the cross-market data does not have; choose a general, sequential or context "
+                               "model")
+    if config["MODEL_TYPE"] == ModelType.DECISIONTREE:
+        raise CrossMarketError(f"{model} is a decision-tree model (xgboost/lightgbm, trained outside torch); "
+                               "the cross-market runner serves RecBole's torch models only")
+    required = getattr(config.model_class, "train_markets", None)
+    if required and scope not in required:
+        raise CrossMarketError(
+            f"{model} is a cross-market model that trains with train_markets: {' or '.join(required)} "
+            f"(see its yaml); it cannot run with train_markets: {scope}"
+        )
+
+
+def protocol_config(config, protocol):
+    """A copy of ``config`` that evaluates under another protocol (same split and seed)."""
+    other = copy.copy(config)
+    other.final_config_dict = copy.deepcopy(config.final_config_dict)
+    mode = get_protocol(protocol).eval_mode(config["eval_neg_num"])
+    other.final_config_dict["eval_protocol"] = protocol
+    other.final_config_dict["eval_args"]["mode"] = {"valid": mode, "test": mode}
+    other._set_eval_neg_sample_args("valid")
+    other._set_eval_neg_sample_args("test")
+    return other

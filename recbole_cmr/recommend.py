@@ -22,8 +22,9 @@ from recbole.data.interaction import Interaction
 from recbole.model.general_recommender import EASE, ItemKNN
 from recbole.utils import ModelType, init_seed
 
+from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import create_dataset
-from recbole_cmr.quick_start import make_config, training_items
+from recbole_cmr.quick_start import training_items
 from recbole_cmr.trainer import load_checkpoint, load_state_dict
 from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
 

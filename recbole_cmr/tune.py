@@ -32,7 +32,8 @@ import time
 
 import yaml
 
-from recbole_cmr.quick_start import REPORTED_METRICS, check_settings, make_config, run
+from recbole_cmr.config import check_settings, make_config
+from recbole_cmr.quick_start import REPORTED_METRICS, run
 from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")

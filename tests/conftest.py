@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+from recbole_cmr.config import make_config
 from recbole_cmr.data.convert import ATOMIC_HEADER
-from recbole_cmr.quick_start import make_config
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 

@@ -188,7 +188,7 @@ def test_finetune_starts_from_best_pretrained_weights(tiny_root, tmp_path):
     path, _ = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path), phase="pretrain")
     pretrained = os.path.join(path, "pretrain.pth")
     assert not os.path.exists(os.path.join(path, "finetune.pth"))
-    from recbole_cmr.quick_start import make_config
+    from recbole_cmr.config import make_config
 
     config = make_config("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path))
     runner = CrossMarketRun(config, RunDirectory(config))

@@ -12,8 +12,9 @@ import torch
 from conftest import write_tiny_dataset
 
 from recbole_cmr.compare import compare
+from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import create_dataset
-from recbole_cmr.quick_start import make_config, run
+from recbole_cmr.quick_start import run
 from recbole_cmr.trainer import load_checkpoint, load_state_dict
 from recbole_cmr.tune import tune_model
 from recbole_cmr.utils import CrossMarketError

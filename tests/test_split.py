@@ -5,8 +5,8 @@ import pytest
 from conftest import write_tiny_dataset
 from recbole.utils import init_seed
 
+from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import CrossMarketDataset
-from recbole_cmr.quick_start import make_config
 from recbole_cmr.utils import CrossMarketError
 
 
