@@ -188,3 +188,26 @@ def test_a_loaded_run_scores_its_test_users_as_the_run_did(runs, model):
     with open(os.path.join(runs[model], "results.csv")) as f:
         saved = [r for r in csv.DictReader(f) if r["split"] == "test" and r["phase"] in ("train", "finetune")]
     assert float(saved[0]["ndcg@10"]) == pytest.approx(float(result["ndcg@10"]), abs=1e-6)
+
+
+def test_onboarding_a_small_market(tiny_root, tmp_path):
+    """The documented flow for a market with few users: pre-train on the other markets, fine-tune on what the
+    new market has, then recommend to its users and to newcomers."""
+    settings = {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 2,
+                "eval_neg_num": 20, "state": "WARNING", "embedding_size": 8, "n_heads": 2, "n_layers": 1,
+                "train_markets": "source", "cmr_plots": False}
+    path, rows = run("ACMR", "cc", config_dict=settings, test_protocols=["full"])
+    assert {(r["phase"], r["protocol"], r["split"]) for r in rows} >= {
+        ("pretrain", "market", "test"), ("finetune", "market", "test"), ("pretrain", "full", "test")}
+    pretrained = torch.load(os.path.join(path, "pretrain.pth"), weights_only=True)
+    loaded = load_run(path)
+    dataset = loaded.dataset
+    markets = dataset.inter_feat[dataset.market_field].numpy()
+    items = dataset.inter_feat[dataset.iid_field].numpy()
+    cc = dataset.market_id("cc")
+    ids = np.setdiff1d(items[markets == cc], items[markets != cc])  # sold in cc alone: pre-training never met them
+    assert len(ids) and not pretrained["trained_items"][ids].any() and loaded.trained_items[ids].any()
+    assert len(recommend(loaded, k=5)) == 5 * len(market_users(loaded))
+    history = [dataset.id2token(dataset.iid_field, int(i)) for i in ids[:2]]
+    newcomer = recommend_histories(loaded, {"newcomer": history}, k=5)
+    assert {r["item"] for r in newcomer} <= {f"i{i}" for i in range(30, 71)} - set(history)
