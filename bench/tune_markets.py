@@ -25,13 +25,13 @@ import warnings
 import yaml
 
 from recbole_cmr.compare import compare
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
-from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_text
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-MODELS = "ItemKNN,EASE,M3Rec,BPR,MANeuMF,FOREC,LightGCN,SASRec,ACMR"  # cheapest searches first
-CROSS_MARKET = ("ACMR", "M3Rec", "FOREC", "MANeuMF")
+MODELS = "ItemKNN,EASE,M3Rec,BPR,MANeuMF,FOREC,LightGCN,SASRec,ACMR,CMRanker"  # cheapest searches first
 #: Built-ins searched in each scope; the others search their scope as a parameter.
 BOTH_SCOPES = ("EASE", "ItemKNN")
 SETTINGS = {"epochs": 50, "stopping_step": 5}
@@ -47,7 +47,7 @@ def searches(models, markets):
     for model in models:
         with open(search_file(model)) as f:
             space = yaml.safe_load(f)["space"]
-        if model in CROSS_MARKET:
+        if issubclass(get_model(model), CrossMarketModel):
             scopes = {"cross-market": {}}
         elif "train_markets" in space:
             scopes = {"searched": {}}

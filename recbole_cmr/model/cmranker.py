@@ -1,0 +1,224 @@
+"""CMRanker: a cross-market learning-to-rank model over closed-form item-item scores.
+
+Two stages, as the strongest WSDM Cup 2022 cross-market teams built them (scores of several item-CF
+models combined by a ranking model), written for this plugin's split:
+
+1. Base scores of a (user, candidate) pair, all closed-form, all from training rows only:
+   EASE over every market's training rows and EASE over the target market's alone; the linear filter of
+   GF-CF (degree-normalised item co-occurrence) over every market; raw co-occurrence of the candidate with
+   the user's items in the target market and, summed, in the other markets; the candidate's popularity in
+   the target market and overall, the number of markets selling it; the user's history length.
+2. A LightGBM LambdaRank model orders the candidates of a user by these features. Its labels come from
+   an inner split of the *training* data: one random training item per target user (seeded) is held out,
+   the base scores are fitted on the rest, and the held-out item must outrank the user's other
+   candidates (the base models' top items and random items of the target market). Valid and test rows
+   are never features or labels; the base scores are then refitted on all training rows for evaluation.
+
+LightGBM, because its LambdaRank optimises NDCG directly per user group, trains in seconds on these
+frames on one CPU thread, and is deterministic with ``deterministic=True`` and a seed.
+"""
+
+import lightgbm
+import numpy as np
+import scipy.sparse as sp
+import torch
+from recbole.model.abstract_recommender import GeneralRecommender
+from recbole.utils import InputType, ModelType
+
+from recbole_cmr.model.abstract_recommender import CrossMarketModel
+from recbole_cmr.utils import CrossMarketError
+
+FEATURES = ("ease_all", "ease_own", "gfcf_all", "cooc_own", "cooc_others", "log_pop_own", "log_pop_all",
+            "markets_selling", "history_len")
+
+
+def _binary(matrix):
+    matrix = matrix.tocsr().astype(np.float64)
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def _ease(X, reg_weight):
+    """EASE's item-item matrix of the items ``X`` has columns for (dense, zero diagonal)."""
+    gram = (X.T @ X).toarray()
+    gram[np.diag_indices_from(gram)] += reg_weight
+    inverse = np.linalg.inv(gram)
+    weights = -inverse / np.diag(inverse)
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+class BaseScores:
+    """The closed-form scorers fitted on one set of training rows (the inner split, or all training rows).
+
+    Market-independent parts are fitted once; :meth:`for_market` adds a market's own EASE, co-occurrence and
+    popularity, so the features of a user are always relative to the user's own market.
+    """
+
+    def __init__(self, X, user_market, reg_all, reg_own):
+        self.X = _binary(X)
+        self.user_market = user_market
+        self.reg_own = reg_own
+        self.ease_all = _ease(self.X, reg_all)  # all items x all items
+        users_deg = np.asarray(self.X.sum(1)).ravel()
+        items_deg = np.asarray(self.X.sum(0)).ravel()
+        normalised = (sp.diags(1 / np.sqrt(np.maximum(users_deg, 1))) @ self.X
+                      @ sp.diags(1 / np.sqrt(np.maximum(items_deg, 1))))
+        self.gfcf = (normalised.T @ normalised).tocsr()
+        self.cooc_all = (self.X.T @ self.X).tocsr()
+        self.log_pop_all = np.log1p(items_deg)
+        rows, columns = self.X.nonzero()
+        sold = sp.csr_matrix((np.ones(len(rows)), (user_market[rows], columns)),
+                             shape=(user_market.max() + 1, self.X.shape[1]))
+        self.markets_selling = np.asarray((sold > 0).sum(0)).ravel()
+        self.markets = {}
+
+    def for_market(self, market, items):
+        """Fit (once) the parts of ``market`` whose candidates are ``items``."""
+        if market not in self.markets:
+            users = self.user_market == market
+            X_own = self.X[users][:, items].tocsr()
+            cooc_own = (X_own.T @ X_own).tocsr()
+            self.markets[market] = {
+                "items": items, "row": np.cumsum(users) - 1, "X_own": X_own, "ease_own": _ease(X_own, self.reg_own),
+                "cooc_own": cooc_own, "cooc_others": (self.cooc_all[:, items][items] - cooc_own).tocsr(),
+                "log_pop_own": np.log1p(np.asarray(X_own.sum(0)).ravel())}
+        return self.markets[market]
+
+    def features(self, market, users):
+        """``[len(users), len(items), len(FEATURES)]`` features of every item of ``market`` for its ``users``."""
+        part = self.markets[market]
+        items = part["items"]
+        rows_all = self.X[users]
+        rows_own = part["X_own"][part["row"][users]]
+        n, m = len(users), len(items)
+        columns = [
+            rows_all @ self.ease_all[:, items],
+            rows_own @ part["ease_own"],
+            (rows_all @ self.gfcf[:, items]).toarray(),
+            (rows_own @ part["cooc_own"]).toarray(),
+            (rows_own @ part["cooc_others"]).toarray(),
+            np.broadcast_to(part["log_pop_own"], (n, m)),
+            np.broadcast_to(self.log_pop_all[items], (n, m)),
+            np.broadcast_to(self.markets_selling[items], (n, m)),
+            np.broadcast_to(np.asarray(rows_own.sum(1)).reshape(-1, 1), (n, m)),
+        ]
+        return np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=-1)
+
+
+class CMRanker(CrossMarketModel, GeneralRecommender):
+    input_type = InputType.POINTWISE
+    type = ModelType.TRADITIONAL
+    train_markets = ("all",)  # every market's rows feed the base scores and the ranker's frame
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        problems = self.check_settings(config.final_config_dict)
+        if problems:
+            raise CrossMarketError("impossible CMRanker hyper-parameters: " + "; ".join(problems))
+        self.fake_loss = torch.nn.Parameter(torch.zeros(1))  # RecBole's trainer needs a parameter
+        seed = int(config["seed"])
+        X = dataset.history_dataset.inter_matrix(form="csr")
+        user_market = np.asarray(dataset.user_market)
+        self.target = int(dataset.target_market_id)
+        target_items = np.asarray(dataset.target_items)
+        self.column_of_item = np.full(self.n_items, -1)
+        self.column_of_item[target_items] = np.arange(len(target_items))
+
+        inner_X, held_out = self._inner_split(X, user_market, config["ranker_users_per_market"],
+                                              np.random.default_rng(seed))
+        inner = BaseScores(inner_X, user_market, config["ease_reg_all"], config["ease_reg_own"])
+        self.frame = self._ranking_frame(inner, held_out, target_items, config, np.random.default_rng(seed + 1))
+        features, labels, groups = self.frame
+        self.ranker = lightgbm.LGBMRanker(
+            objective="lambdarank", n_estimators=config["ranker_trees"], learning_rate=config["ranker_learning_rate"],
+            num_leaves=config["ranker_leaves"], min_child_samples=config["ranker_min_leaf"], random_state=seed,
+            deterministic=True, force_row_wise=True, n_jobs=1, verbose=-1)
+        self.ranker.fit(features, labels, group=groups)
+        self.scores = BaseScores(X, user_market, config["ease_reg_all"], config["ease_reg_own"])  # all training rows
+        self.scores.for_market(self.target, target_items)
+        self.other_parameter_name = ["ranker", "scores"]
+
+    @staticmethod
+    def check_settings(settings):
+        problems = []
+        for key in ("ease_reg_all", "ease_reg_own", "ranker_learning_rate"):
+            if not isinstance(settings[key], (int, float)) or isinstance(settings[key], bool) or settings[key] <= 0:
+                problems.append(f"{key} must be a number > 0, got {settings[key]!r}")
+        for key, low in (("ranker_trees", 1), ("ranker_leaves", 2), ("ranker_min_leaf", 1), ("ranker_negatives", 1),
+                         ("ranker_users_per_market", 1)):
+            if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < low:
+                problems.append(f"{key} must be an integer >= {low}, got {settings[key]!r}")
+        return problems
+
+    @staticmethod
+    def _inner_split(X, user_market, users_per_market, rng):
+        """Training rows without one random item of (at most ``users_per_market``) users of each market with
+        two or more training items; returns those rows and ``{user: held-out item}``."""
+        X = X.tocsr()
+        lengths = np.diff(X.indptr)
+        held_out = {}
+        keep = np.ones(X.nnz, dtype=bool)
+        for market in np.unique(user_market[1:]):
+            users = np.flatnonzero((user_market == market) & (lengths >= 2))
+            if len(users) > users_per_market:
+                users = np.sort(rng.choice(users, size=users_per_market, replace=False))
+            for user in users:
+                position = X.indptr[user] + int(rng.integers(lengths[user]))
+                held_out[int(user)] = int(X.indices[position])
+                keep[position] = False
+        rows = np.repeat(np.arange(X.shape[0]), lengths)
+        inner = sp.csr_matrix((X.data[keep], (rows[keep], X.indices[keep])), shape=X.shape)
+        return inner, held_out
+
+    def _ranking_frame(self, scores, held_out, target_items, config, rng):
+        """Features, labels and group sizes: per held-out user, the held-out item and random items of the
+        user's market that the user's remaining training rows do not hold (as the protocols draw negatives)."""
+        X, user_market = scores.X, scores.user_market
+        features, labels, groups = [], [], []
+        users = np.array(sorted(held_out))
+        for market in np.unique(user_market[users]):
+            items = target_items if market == self.target else np.unique(X[user_market == market].indices)
+            items = np.union1d(items, [held_out[int(u)] for u in users[user_market[users] == market]])
+            part = scores.for_market(market, items)
+            column = {int(item): c for c, item in enumerate(items)}
+            market_users = users[user_market[users] == market]
+            for start in range(0, len(market_users), 256):
+                chunk = market_users[start:start + 256]
+                block = scores.features(market, chunk)
+                for row, user in enumerate(chunk):
+                    excluded = np.zeros(len(items), dtype=bool)
+                    excluded[[column[int(i)] for i in X[user].indices if int(i) in column]] = True
+                    positive = column[held_out[int(user)]]
+                    excluded[positive] = True
+                    pool = np.flatnonzero(~excluded)
+                    drawn = rng.choice(pool, size=min(config["ranker_negatives"], len(pool)), replace=False)
+                    features.append(block[row, np.r_[positive, drawn]])
+                    labels.append(np.r_[1, np.zeros(len(drawn), dtype=np.int64)])
+                    groups.append(1 + len(drawn))
+            del part
+        return np.concatenate(features), np.concatenate(labels), np.array(groups)
+
+    def calculate_loss(self, interaction):
+        return torch.nn.Parameter(torch.zeros(1))
+
+    def _rank_scores(self, users):
+        """``[len(users), len(target_items)]`` ranker scores of the target market's items."""
+        block = self.scores.features(self.target, users)
+        return self.ranker.predict(block.reshape(-1, len(FEATURES))).reshape(len(users), -1).astype(np.float32)
+
+    def predict(self, interaction):
+        users = interaction[self.USER_ID].cpu().numpy()
+        columns = self.column_of_item[interaction[self.ITEM_ID].cpu().numpy()]
+        unique, inverse = np.unique(users, return_inverse=True)
+        scores = self._rank_scores(unique)
+        out = np.full(len(users), -np.inf, dtype=np.float32)  # items the target market never sold
+        known = columns >= 0
+        out[known] = scores[inverse[known], columns[known]]
+        return torch.from_numpy(out)
+
+    def full_sort_predict(self, interaction):
+        users = interaction[self.USER_ID].cpu().numpy()
+        scores = np.full((len(users), self.n_items), -np.inf, dtype=np.float32)
+        scores[:, self.scores.markets[self.target]["items"]] = self._rank_scores(users)
+        return torch.from_numpy(scores).view(-1)
