@@ -150,18 +150,19 @@ def make_trainable(model, market, config_files, config_dict):
     def trainable(params):
         from ray.air import session
 
-        step = {"n": 0}
+        started = time.process_time()  # CPU seconds of this trial's process, whatever else the machine runs
 
         def report(phase, epoch, score):
-            step["n"] += 1
-            session.report({"valid_score": score, "phase": phase, "epoch": epoch})
+            session.report({"valid_score": score, "phase": phase, "epoch": epoch,
+                            "cpu_s": time.process_time() - started})
 
         trial_dict = {**config_dict, **params, "checkpoint_dir": os.path.abspath("checkpoints"), "state": "WARNING",
                       "cmr_plots": False}
         _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report)
         final = rows[-1]
         session.report({"valid_score": final[config_dict["valid_metric"].lower()], "phase": "done",
-                        "epoch": -1, **{f"valid_{m}": final[m] for m in REPORTED_METRICS}})
+                        "epoch": -1, "cpu_s": time.process_time() - started,
+                        **{f"valid_{m}": final[m] for m in REPORTED_METRICS}})
 
     return trainable
 
@@ -253,6 +254,13 @@ def check_search_folder(out_dir, settings):
     return True
 
 
+def _last(history, column):
+    """A trial's last reported value of ``column`` (NaN if it reported none)."""
+    if history is None or column not in history or history[column].isna().all():
+        return float("nan")
+    return round(float(history[column].max()), 1)
+
+
 def summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best=True):
     """Write trials, per-epoch valid metrics, the sorted summary, best.yaml and the best model's test metrics."""
     names = list(search["space"])
@@ -269,8 +277,7 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
                        "valid_score": float(done["valid_score"].iloc[-1]) if finished else float("nan"),
                        "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,
-                       "seconds": round(float(history["time_total_s"].max()), 1) if history is not None
-                       and "time_total_s" in history else float("nan"),
+                       "seconds": _last(history, "time_total_s"), "cpu_seconds": _last(history, "cpu_s"),
                        "error": str(result.error)[:200] if result.error else ""})
     # a trial counts by the valid score of the model its run selects (for ACMR: the fine-tuned one),
     # so only finished trials compete; ASHA compared per-epoch scores along the way
@@ -291,10 +298,11 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
     stopped = sum(t["stopped_early"] and not t["error"] for t in trials)
     cpus = float(search["resources_per_trial"].get("cpu") or 1)
     cost = {"search_wall_s": float(open(os.path.join(out_dir, "search_seconds.txt")).read()),
-            "trial_cpu_s": round(cpus * sum(t["seconds"] for t in trials if t["seconds"] == t["seconds"]), 1)}
+            "trial_wall_cpu_s": round(cpus * sum(t["seconds"] for t in trials if t["seconds"] == t["seconds"]), 1),
+            "trial_cpu_s": round(sum(t["cpu_seconds"] for t in trials if t["cpu_seconds"] == t["cpu_seconds"]), 1)}
     header = (f"{len(trials)} trials, {stopped} stopped early by {search['scheduler']}, metric valid "
               f"{search['metric']}; search {cost['search_wall_s'] / 60:.1f} wall min, trials "
-              f"{cost['trial_cpu_s'] / 60:.1f} CPU min")
+              f"{cost['trial_wall_cpu_s'] / 60:.1f} min x CPUs, {cost['trial_cpu_s'] / 60:.1f} CPU min used")
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(f"# search: {model} on {market.upper()} | protocol: {config_dict['eval_protocol']} | {header}\n\n")
         f.write("| trial | " + " | ".join(names) + " | valid (selected model) | epochs |\n")
