@@ -18,7 +18,7 @@ class CrossMarketError(ValueError):
 
 def plugin_model_names():
     """Model classes this plugin adds, by class name: every RecBole recommender defined in a module of
-    ``recbole_cmr/model/`` (a new model is found by its file alone)."""
+    ``recbole_cmr/model/`` (a new model is found by its file alone); names starting with ``_`` are bases."""
     import importlib
     import inspect
 
@@ -31,7 +31,7 @@ def plugin_model_names():
     for module_info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{module_info.name}")
         for name, cls in inspect.getmembers(module, inspect.isclass):
-            if issubclass(cls, AbstractRecommender) and cls.__module__ == module.__name__:
+            if issubclass(cls, AbstractRecommender) and cls.__module__ == module.__name__ and not name.startswith("_"):
                 found[name] = cls
     return found
 

@@ -4,7 +4,8 @@ A new cross-market model is one file in ``recbole_cmr/model/`` (found by its cla
 edit), its yaml ``recbole_cmr/properties/model/<Name>.yaml`` and its test. Its class derives from
 :class:`CrossMarketModel` and one of RecBole's recommenders (``GeneralRecommender``, ...), which give
 ``calculate_loss``, ``predict`` and ``full_sort_predict`` as for any RecBole model. Everything here is
-optional: the defaults fit a model that trains once on all markets.
+optional: the defaults fit a model that trains once on all markets. A shared base of several models is
+named with a leading underscore, so it is not offered as a model.
 """
 
 

@@ -1,0 +1,55 @@
+"""MMoE and Cross-Stitch across markets: a task per market, the target market's task scores."""
+
+import numpy as np
+import pytest
+import torch
+from recbole.data.interaction import Interaction
+from recbole.utils import init_seed
+
+from recbole_cmr.data.dataset import CrossMarketDataset
+from recbole_cmr.model.multitask import CrossStitch, MMoE
+from recbole_cmr.quick_start import run
+from recbole_cmr.utils import CrossMarketError
+
+
+def tiny_dict(tiny_root, tmp_path, **overrides):
+    return {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 2,
+            "eval_neg_num": 20, "state": "WARNING", **overrides}
+
+
+@pytest.mark.parametrize("model", ["MMoE", "CrossStitch"])
+def test_end_to_end_under_every_protocol(tiny_root, tmp_path, model):
+    _, rows = run(model, "bb", config_dict=tiny_dict(tiny_root, tmp_path), test_protocols=["full", "paper"])
+    assert {r["protocol"] for r in rows} == {"market", "full", "paper"}
+    assert all(0 < r["ndcg@10"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("model_class, task_weight", [(MMoE, "towers.{m}.weight"), (CrossStitch, "out")])
+def test_a_row_is_scored_by_its_users_market(tiny_config, model_class, task_weight):
+    config = tiny_config(model_class.__name__)
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    train, _, _ = dataset.build()
+    model = model_class(config, train).eval()
+    bb, aa = dataset.market_id("bb"), dataset.market_id("aa")
+    users = torch.as_tensor(np.flatnonzero(dataset.user_market == bb)[:5])
+    rows = Interaction({"user_id": users, "item_id": torch.arange(1, 6)})
+    before = model.predict(rows)
+    with torch.no_grad():
+        weight = dict(model.named_parameters())[task_weight.format(m=aa)]
+        weight[aa if task_weight == "out" else slice(None)] += 1.0  # another market's task only
+    assert torch.equal(model.predict(rows), before)
+    with torch.no_grad():
+        weight = dict(model.named_parameters())[task_weight.format(m=bb)]
+        weight[bb if task_weight == "out" else slice(None)] += 1.0  # the users' own market's task
+    assert not torch.allclose(model.predict(rows), before)
+
+
+@pytest.mark.parametrize("model, overrides, message", [
+    ("MMoE", {"n_experts": 0}, "n_experts must be an integer >= 1"),
+    ("CrossStitch", {"stitch_self_weight": 0}, "stitch_self_weight must be in (0, 1]"),
+    ("MMoE", {"task_hidden_size": []}, "task_hidden_size must be a non-empty list"),
+])
+def test_impossible_hyper_parameters(tiny_root, tmp_path, model, overrides, message):
+    with pytest.raises(CrossMarketError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        run(model, "bb", config_dict=tiny_dict(tiny_root, tmp_path, **overrides))
