@@ -33,7 +33,8 @@ import numpy as np
 from recbole_cmr.compare import compare, mean_text
 from recbole_cmr.utils import read_csv_rows, write_text
 
-MODELS = "ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,LightGCN,SASRec,FOREC,MANeuMF,M3Rec,MMoE,CrossStitch,CMRanker"
+MODELS = ("ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,WideDeep,LightGCN,SASRec,BERT4Rec,FOREC,MANeuMF,M3Rec,CoNet,DDTCDR,MMoE,"
+          "CrossStitch,CMRanker")
 SETTINGS = {"epochs": 50, "stopping_step": 5}
 MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
 PROTOCOL_ORDER = ("market", "full", "paper")  # the sound ones first

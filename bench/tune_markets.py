@@ -31,7 +31,7 @@ from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
-MODELS = "ItemKNN,EASE,M3Rec,BPR,MANeuMF,FOREC,LightGCN,SASRec,ACMR,CMRanker,MMoE,CrossStitch"  # cheapest first
+MODELS = "ItemKNN,EASE,M3Rec,BPR,MANeuMF,FOREC,LightGCN,SASRec,ACMR,CMRanker,MMoE,CrossStitch,CoNet,DDTCDR"
 #: Built-ins searched in each scope; the others search their scope as a parameter.
 BOTH_SCOPES = ("EASE", "ItemKNN")
 SETTINGS = {"epochs": 50, "stopping_step": 5}

@@ -1,4 +1,6 @@
-"""MMoE and Cross-Stitch across markets: a task per market, the target market's task scores."""
+"""MMoE, Cross-Stitch, CoNet and DDTCDR across markets: a task per market (or domain), the row's own task scores."""
+
+import re
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import init_seed
 
 from recbole_cmr.data.dataset import CrossMarketDataset
-from recbole_cmr.model.multitask import CrossStitch, MMoE
+from recbole_cmr.model.multitask import DDTCDR, CoNet, CrossStitch, MMoE
 from recbole_cmr.quick_start import run
 from recbole_cmr.utils import CrossMarketError
 
@@ -17,15 +19,18 @@ def tiny_dict(tiny_root, tmp_path, **overrides):
             "eval_neg_num": 20, "state": "WARNING", **overrides}
 
 
-@pytest.mark.parametrize("model", ["MMoE", "CrossStitch"])
+@pytest.mark.parametrize("model", ["MMoE", "CrossStitch", "CoNet", "DDTCDR"])
 def test_end_to_end_under_every_protocol(tiny_root, tmp_path, model):
     _, rows = run(model, "bb", config_dict=tiny_dict(tiny_root, tmp_path), test_protocols=["full", "paper"])
     assert {r["protocol"] for r in rows} == {"market", "full", "paper"}
     assert all(0 < r["ndcg@10"] <= 1 for r in rows)
 
 
-@pytest.mark.parametrize("model_class, task_weight", [(MMoE, "towers.{m}.weight"), (CrossStitch, "out")])
+@pytest.mark.parametrize("model_class, task_weight", [(MMoE, "towers.{m}.weight"), (CrossStitch, "out"),
+                                                      (CoNet, "heads.{d}.weight"), (DDTCDR, "heads.{d}.weight")])
 def test_a_row_is_scored_by_its_users_market(tiny_config, model_class, task_weight):
+    """Changing another market's (or, for the two-domain models, the other domain's) task leaves the target
+    market's scores alone; changing its own task moves them."""
     config = tiny_config(model_class.__name__)
     init_seed(config["seed"], True)
     dataset = CrossMarketDataset(config)
@@ -36,11 +41,11 @@ def test_a_row_is_scored_by_its_users_market(tiny_config, model_class, task_weig
     rows = Interaction({"user_id": users, "item_id": torch.arange(1, 6)})
     before = model.predict(rows)
     with torch.no_grad():
-        weight = dict(model.named_parameters())[task_weight.format(m=aa)]
-        weight[aa if task_weight == "out" else slice(None)] += 1.0  # another market's task only
+        weight = dict(model.named_parameters())[task_weight.format(m=aa, d=1)]
+        weight[aa if task_weight == "out" else slice(None)] += 1.0  # another market's (domain's) task only
     assert torch.equal(model.predict(rows), before)
     with torch.no_grad():
-        weight = dict(model.named_parameters())[task_weight.format(m=bb)]
+        weight = dict(model.named_parameters())[task_weight.format(m=bb, d=0)]
         weight[bb if task_weight == "out" else slice(None)] += 1.0  # the users' own market's task
     assert not torch.allclose(model.predict(rows), before)
 
@@ -49,7 +54,8 @@ def test_a_row_is_scored_by_its_users_market(tiny_config, model_class, task_weig
     ("MMoE", {"n_experts": 0}, "n_experts must be an integer >= 1"),
     ("CrossStitch", {"stitch_self_weight": 0}, "stitch_self_weight must be in (0, 1]"),
     ("MMoE", {"task_hidden_size": []}, "task_hidden_size must be a non-empty list"),
+    ("DDTCDR", {"transfer_weight": 2}, "transfer_weight must be in [0, 1]"),
 ])
 def test_impossible_hyper_parameters(tiny_root, tmp_path, model, overrides, message):
-    with pytest.raises(CrossMarketError, match=message.replace("(", r"\(").replace("]", r"\]")):
+    with pytest.raises(CrossMarketError, match=re.escape(message)):
         run(model, "bb", config_dict=tiny_dict(tiny_root, tmp_path, **overrides))

@@ -9,6 +9,18 @@ on RecBole's sampled negatives as NeuMF does. The input of every task is concat(
 - :class:`CrossStitch` (Misra et al., CVPR 2016): one MLP per market; after each layer a learned
   cross-stitch matrix mixes every market's hidden units into every other's (initialised near the
   identity, so a market first listens mostly to itself).
+
+Cross-domain baselines, with two domains: the target market and the other markets together.
+
+- :class:`CoNet` (Hu et al., CIKM 2018): a network per domain over the same (user, item) input, with
+  cross connections: each layer adds a shared transfer matrix times the other domain's hidden units.
+  CoNet pairs the two domains through shared users; here users are per market, so the link is on the
+  item side as the ACMR paper describes: both networks read the row's shared item embedding, and the
+  row's own domain's output scores it.
+- :class:`DDTCDR` (Li & Tuzhilin, WSDM 2020): an item embedding per domain and a latent orthogonal
+  mapping between the domains (regularised towards ``X^T X = I``); a row's item representation mixes its
+  own domain's embedding with the mapped embedding of the other domain (``transfer_weight``). The
+  original maps user embeddings through shared users; here, as above, the dual transfer is on items.
 """
 
 import torch
@@ -123,3 +135,65 @@ class CrossStitch(_MarketTaskModel):
             hidden = torch.einsum("ts,sbh->tbh", stitch, hidden)
         logits = torch.einsum("mbh,mh->mb", hidden, self.out) + self.out_bias.unsqueeze(1)
         return logits.gather(0, markets.unsqueeze(0)).squeeze(0)
+
+
+class CoNet(_MarketTaskModel):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d, hidden = config["embedding_size"], config["task_hidden_size"]
+        self.target = int(dataset.target_market_id)
+        widths = [2 * d] + hidden
+        self.layers = nn.ModuleList(nn.ModuleList(nn.Linear(a, b) for _ in range(2))  # target, other markets
+                                    for a, b in zip(widths, widths[1:]))
+        self.transfers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths, widths[1:]))
+        self.heads = nn.ModuleList(nn.Linear(hidden[-1], 1) for _ in range(2))
+        self.dropout = nn.Dropout(config["dropout_prob"])
+        self.apply(xavier_normal_initialization)
+
+    def logits(self, inputs, markets):
+        target, sources = inputs, inputs
+        for (target_layer, source_layer), transfer in zip(self.layers, self.transfers):
+            target, sources = (self.dropout(torch.relu(target_layer(target) + transfer(sources))),
+                               self.dropout(torch.relu(source_layer(sources) + transfer(target))))
+        own = markets == self.target
+        return torch.where(own, self.heads[0](target).squeeze(-1), self.heads[1](sources).squeeze(-1))
+
+
+class DDTCDR(_MarketTaskModel):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d, hidden = config["embedding_size"], config["task_hidden_size"]
+        self.target = int(dataset.target_market_id)
+        self.transfer_weight = config["transfer_weight"]
+        self.orthogonality_weight = config["orthogonality_weight"]
+        self.source_item_embedding = nn.Embedding(self.n_items, d)  # item_embedding is the target domain's
+        self.mapping = nn.Parameter(torch.empty(d, d))
+        self.networks = nn.ModuleList(MLPLayers([2 * d] + hidden, config["dropout_prob"]) for _ in range(2))
+        self.heads = nn.ModuleList(nn.Linear(hidden[-1], 1) for _ in range(2))
+        self.apply(xavier_normal_initialization)
+        nn.init.orthogonal_(self.mapping)
+
+    @staticmethod
+    def check_settings(settings):
+        problems = _MarketTaskModel.check_settings(settings)
+        if not isinstance(settings["transfer_weight"], (int, float)) or not 0 <= settings["transfer_weight"] <= 1:
+            problems.append(f"transfer_weight must be in [0, 1], got {settings['transfer_weight']!r}")
+        if not isinstance(settings["orthogonality_weight"], (int, float)) or settings["orthogonality_weight"] < 0:
+            problems.append(f"orthogonality_weight must be >= 0, got {settings['orthogonality_weight']!r}")
+        return problems
+
+    def forward(self, user, item):
+        own = self.user_market[user] == self.target
+        target_item, source_item = self.item_embedding(item), self.source_item_embedding(item)
+        keep = 1 - self.transfer_weight
+        as_target = keep * target_item + self.transfer_weight * source_item @ self.mapping.T
+        as_source = keep * source_item + self.transfer_weight * target_item @ self.mapping
+        users = self.user_embedding(user)
+        target = self.heads[0](self.networks[0](torch.cat([users, as_target], -1))).squeeze(-1)
+        sources = self.heads[1](self.networks[1](torch.cat([users, as_source], -1))).squeeze(-1)
+        return torch.where(own, target, sources)
+
+    def calculate_loss(self, interaction):
+        identity = torch.eye(len(self.mapping), device=self.mapping.device)
+        orthogonality = ((self.mapping.T @ self.mapping - identity) ** 2).sum()
+        return super().calculate_loss(interaction) + self.orthogonality_weight * orthogonality
