@@ -319,3 +319,6 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     run_dir.commit()
     return run_dir.path, rows
 
+
+#: The API name beside RecBole's ``run_recbole``.
+run_recbole_cmr = run
