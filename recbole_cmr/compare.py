@@ -36,7 +36,7 @@ from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
 from recbole_cmr.quick_start import run
 from recbole_cmr.tune import search_name
-from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
 
 #: Built-ins' scopes: train_markets per scope; "searched" takes it from the cell's tuned configuration.
 SCOPES = {"single": "target", "++": "all", "searched": None}
@@ -165,8 +165,8 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
     seconds = round(time.time() - started, 1)
     if cached and not reuse:
         os.makedirs(pretrained_dir, exist_ok=True)
-        shutil.copy(os.path.join(path, "pretrain.pth"), cached + ".tmp")
-        os.replace(cached + ".tmp", cached)
+        with open(os.path.join(path, "pretrain.pth"), "rb") as source:
+            write_atomically(cached, lambda f: shutil.copyfileobj(source, f), mode="wb")
     per_user_dir = os.path.join(out_dir, "per_user")
     os.makedirs(per_user_dir, exist_ok=True)
     shutil.copy(os.path.join(path, "per_user_test.npz"), os.path.join(per_user_dir, _cell_name(cell) + ".npz"))

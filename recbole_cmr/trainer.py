@@ -21,7 +21,7 @@ from recbole.utils import get_trainer as get_recbole_trainer
 from torch.utils.tensorboard import SummaryWriter
 
 from recbole_cmr.evaluator import FairEvaluator, FairRankingCollector
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.utils import CrossMarketError, write_atomically
 
 #: Config keys stored in a checkpoint; a checkpoint is reusable only where the split is the same.
 SPLIT_KEYS = ("model", "dataset", "target_market", "source_markets", "split_order", "split_seed", "seed")
@@ -54,9 +54,7 @@ class WeightsOnlyCheckpointMixin:
             "other_parameter": _plain_other_parameter(self.model),
             "optimizer": self.optimizer.state_dict(),
         }
-        tmp = saved_model_file + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, saved_model_file)
+        write_atomically(saved_model_file, lambda f: torch.save(state, f), mode="wb")
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 
@@ -222,8 +220,7 @@ def record_finetune_rng_state(path, trained_items):
         "python": [version, list(internal), gauss_next],
     }
     checkpoint["trained_items"] = trained_items.clone()
-    torch.save(checkpoint, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    write_atomically(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
 
 def restore_finetune_rng_state(checkpoint):

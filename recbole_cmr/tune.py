@@ -289,8 +289,7 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
     write_csv_rows(os.path.join(out_dir, "epochs.csv"), epochs)
     best_params = {n: ok[0][n] for n in names}
     best_yaml = os.path.join(out_dir, "best.yaml")
-    with open(best_yaml, "w") as f:
-        yaml.safe_dump({**search["fixed"], **best_params}, f, sort_keys=True)
+    write_text(best_yaml, yaml.safe_dump({**search["fixed"], **best_params}, sort_keys=True))
     rows = []
     if test_best:
         _, rows = run(model, market, config_files + [best_yaml],
@@ -303,20 +302,18 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
     header = (f"{len(trials)} trials, {stopped} stopped early by {search['scheduler']}, metric valid "
               f"{search['metric']}; search {cost['search_wall_s'] / 60:.1f} wall min, trials "
               f"{cost['trial_wall_cpu_s'] / 60:.1f} min x CPUs, {cost['trial_cpu_s'] / 60:.1f} CPU min used")
-    with open(os.path.join(out_dir, "summary.md"), "w") as f:
-        f.write(f"# search: {model} on {market.upper()} | protocol: {config_dict['eval_protocol']} | {header}\n\n")
-        f.write("| trial | " + " | ".join(names) + " | valid (selected model) | epochs |\n")
-        f.write("|---|" + "---|" * (len(names) + 2) + "\n")
-        for t in ok:
-            f.write(f"| {t['trial']} | " + " | ".join(str(t[n]) for n in names)
-                    + f" | {t['valid_score']:.4f} | {t['epochs_run']} |\n")
-        f.write("\nSelected configuration (valid only), then tested once:\n\n" if rows else
-                "\nSelected configuration (valid only): best.yaml; not tested here (a tuned comparison tests it)\n")
-        for r in rows:
-            f.write(f"- {r['phase']} {r['split']} ({r['protocol']}): "
-                    + ", ".join(f"{m} {r[m]:.4f}" for m in REPORTED_METRICS) + "\n")
-    with open(os.path.join(out_dir, "best_test.json"), "w") as f:
-        json.dump({"best_params": best_params, "rows": rows, "trials": len(trials), "stopped_early": stopped,
-                   **cost}, f, indent=2, default=str)
+    lines = [f"# search: {model} on {market.upper()} | protocol: {config_dict['eval_protocol']} | {header}\n",
+             "| trial | " + " | ".join(names) + " | valid (selected model) | epochs |",
+             "|---|" + "---|" * (len(names) + 2)]
+    lines += [f"| {t['trial']} | " + " | ".join(str(t[n]) for n in names)
+              + f" | {t['valid_score']:.4f} | {t['epochs_run']} |" for t in ok]
+    lines.append("\nSelected configuration (valid only), then tested once:\n" if rows else
+                 "\nSelected configuration (valid only): best.yaml; not tested here (a tuned comparison tests it)")
+    lines += [f"- {r['phase']} {r['split']} ({r['protocol']}): "
+              + ", ".join(f"{m} {r[m]:.4f}" for m in REPORTED_METRICS) for r in rows]
+    write_text(os.path.join(out_dir, "best_test.json"),
+               json.dumps({"best_params": best_params, "rows": rows, "trials": len(trials), "stopped_early": stopped,
+                           **cost}, indent=2, default=str))
+    write_text(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")  # last: it marks the search finished
     return out_dir
 

@@ -25,6 +25,8 @@ import sys
 
 import pandas as pd
 
+from recbole_cmr.utils import write_atomically
+
 ATOMIC_HEADER = ["user_id:token", "item_id:token", "rating:float", "timestamp:float", "market:token"]
 SOURCE_COLUMNS = ["userId", "itemId", "rate", "date"]
 SOURCE_PATTERN = re.compile(r"^([a-z]{2,})_5core\.txt$")
@@ -128,11 +130,12 @@ def write_atomic(inter, out_dir, dataset):
     target_dir = os.path.join(out_dir, dataset)
     os.makedirs(target_dir, exist_ok=True)
     target = os.path.join(target_dir, f"{dataset}.inter")
-    tmp = target + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+
+    def write(f):
         f.write("\t".join(ATOMIC_HEADER) + "\n")
         inter.to_csv(f, sep="\t", header=False, index=False, float_format="%.1f")
-    os.replace(tmp, target)
+
+    write_atomically(target, write)
     return target
 
 
