@@ -101,7 +101,7 @@ def main(argv=None):
     models, markets = args.models.split(","), [m.lower() for m in args.markets.split(",")]
     tuned = os.path.join(args.results, "tune")
     if args.rerun:
-        from compare_markets import summary
+        from compare_markets import REFERENCES, summary
 
         groups = {}  # compare gives one list of scopes to all its built-ins: one call per list
         for model, scope, _, _ in searches(models, markets[:1]):
@@ -113,7 +113,7 @@ def main(argv=None):
                               [int(s) for s in args.seeds.split(",")], "market", list(scopes),
                               os.path.join(args.results, "compare-tuned"), {"dataset": "xmarket", **SETTINGS},
                               os.path.join(BENCH, "work", "pretrained"), test_protocols=["full", "paper"],
-                              tuned_dir=tuned)
+                              tuned_dir=tuned, references=REFERENCES)
             print(f"{market}: {time.time() - started:.0f} s -> {summary(out)}", flush=True)
         return 0
     for model, scope, market, overrides in searches(models, markets):

@@ -235,8 +235,9 @@ def mean_text(values, best, n_seeds):
     return text + (f" ({len(values)} of {n_seeds} seeds)" if len(values) < n_seeds else "")
 
 
-def markdown(rows, out_dir, protocol):
-    """Tables of the test metrics measured under ``protocol``."""
+def markdown(rows, out_dir, protocol, references=("ACMR",)):
+    """Tables of the test metrics measured under ``protocol``; each of ``references`` (labels) is tested
+    against the best other model per market."""
     test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
     selected_on = sorted({r["selected_on"] for r in test})
     markets = sorted({r["market"] for r in test})
@@ -268,32 +269,34 @@ def markdown(rows, out_dir, protocol):
                     continue
                 cells_md.append(mean_text(v, best[m], len(seeds[m])))
             out.append(f"| {label} | " + " | ".join(cells_md) + " |")
-    if "ACMR" in labels and len(labels) > 1:
-        out.append("\n## ACMR vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by seed "
-                   "and user "
-                   "over the seeds both have; the NDCG@10 columns are each model's mean over its own seeds)\n")
-        out.append("| market | best other model | its NDCG@10 | ACMR NDCG@10 | p-value |\n|---|---|---|---|---|")
+    for reference in [label for label in references if label in labels and len(labels) > 1]:
+        out.append(f"\n## {reference} vs the best other model (per-user test NDCG@10, Wilcoxon signed-rank, paired by "
+                   "seed and user over the seeds both have; the NDCG@10 columns are each model's mean over its own "
+                   "seeds)\n")
+        out.append(f"| market | best other model | its NDCG@10 | {reference} NDCG@10 | relative | p-value |\n"
+                   "|---|---|---|---|---|---|")
         for m in markets:
             scores = {label: np.mean([float(r["ndcg@10"]) for r in test if r["label"] == label and r["market"] == m]
                                      or [np.nan]) for label in labels}
-            others = {label: s for label, s in scores.items() if label != "ACMR" and not np.isnan(s)}
-            if not others or np.isnan(scores["ACMR"]):
+            others = {label: s for label, s in scores.items() if label != reference and not np.isnan(s)}
+            if not others or np.isnan(scores[reference]):
                 continue
             rival = max(others, key=others.get)
-            p = paired_test(out_dir, test, "ACMR", rival, m, protocol)
-            out.append(f"| {m.upper()} | {rival} | {others[rival]:.4f} | {scores['ACMR']:.4f} | "
-                       f"{'n/a' if p is None else f'{p:.2g}'} |")
+            p = paired_test(out_dir, test, reference, rival, m, protocol)
+            out.append(f"| {m.upper()} | {rival} | {others[rival]:.4f} | {scores[reference]:.4f} | "
+                       f"{scores[reference] / others[rival] - 1:+.1%} | {'n/a' if p is None else f'{p:.2g}'} |")
     return "\n".join(out) + "\n"
 
 
 def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
-            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None):
+            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None, references=("ACMR",)):
     """Run (or resume) the grid; returns the output directory.
 
     Every cell selects on valid under ``protocol`` and is tested under ``protocol`` and each of
     ``test_protocols``; ``table.md``/``plot.png`` show ``protocol``, ``table-<p>.md``/``plot-<p>.png`` the others.
     With ``tuned_dir`` (a folder of searches named by :func:`recbole_cmr.tune.search_name`) every cell also
-    reads its search's ``best.yaml``.
+    reads its search's ``best.yaml``. Each of ``references`` (labels) gets a Wilcoxon test against the best
+    other model per market in the tables.
     """
     config_dict = dict(config_dict or {})
     tested = list(dict.fromkeys([protocol, *(test_protocols or [])]))
@@ -322,6 +325,6 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
         write_csv_rows(results, rows, FIELDS)
         for p in sorted({r["protocol"] for r in rows}):
             suffix = "" if p == protocol else f"-{p}"
-            write_text(os.path.join(out_dir, f"table{suffix}.md"), markdown(rows, out_dir, p))
+            write_text(os.path.join(out_dir, f"table{suffix}.md"), markdown(rows, out_dir, p, references))
             comparison(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
     return out_dir

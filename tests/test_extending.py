@@ -74,9 +74,11 @@ def test_a_model_file_and_its_yaml_are_all_a_new_model_needs(toy_model, tiny_roo
     assert [r["split"] for r in rows] == ["valid", "test"] and 0 < rows[-1]["ndcg@10"] <= 1
     with pytest.raises(CrossMarketError, match="cannot run with train_markets: target"):
         run(toy_model, "bb", config_dict={**settings, "train_markets": "target"})
-    out = compare([toy_model, "Pop"], ["bb"], [1], "market", ["single", "++"], str(tmp_path / "cmp"), settings)
+    out = compare([toy_model, "Pop"], ["bb"], [1], "market", ["single", "++"], str(tmp_path / "cmp"), settings,
+                  references=["ToyMarketPop (a test's model)"])
     table = open(os.path.join(out, "table.md")).read()
     assert table.count("| ToyMarketPop (a test's model) |") == 4  # one row per metric: one cell, its own scope
+    assert "## ToyMarketPop (a test's model) vs the best other model" in table
     assert "| Pop (single) |" in table and "| Pop (++) |" in table
     rows = recommend_histories(load_run(path), {"newcomer": ["i20", "i21"]}, k=3)
     assert [r["rank"] for r in rows] == [1, 2, 3]
