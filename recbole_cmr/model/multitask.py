@@ -3,6 +3,8 @@ embeddings, one task per market trained on all markets at once, and the target m
 
 A row is (user, item); users belong to one market, so each row trains its user's market's task, with BCE
 on RecBole's sampled negatives as NeuMF does. The input of every task is concat(user, item embedding).
+The paper says "the target market and other markets are treated as different tasks"; MMoE and
+Cross-Stitch here give every market its own task (CoNet and DDTCDR, two domains, pool the others).
 
 - :class:`MMoE` (Ma et al., KDD 2018): shared expert MLPs, one softmax gate per market mixing them, one
   tower per market.
