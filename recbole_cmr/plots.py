@@ -145,3 +145,15 @@ def attention_heatmap(weights, candidate_labels, history_labels, path, title):
     fig.tight_layout()
     write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
     plt.close(fig)
+
+
+def feature_gain(names, gains, path, title):
+    """Horizontal bars: a ranking model's total gain per feature, largest on top."""
+    order = np.argsort(gains)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.5))
+    ax.barh([names[k] for k in order], np.asarray(gains)[order] / max(float(np.sum(gains)), 1e-12), color="tab:blue")
+    ax.set_xlabel("share of the total gain (LightGBM)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
+    plt.close(fig)

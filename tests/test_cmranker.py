@@ -43,6 +43,15 @@ def test_runs_under_every_protocol_and_the_same_seed_gives_the_same_numbers(tiny
     assert first == second
 
 
+def test_dropped_features_are_left_out_of_the_ranker(tiny_config):
+    config = tiny_config("CMRanker", ranker_negatives=5, ranker_trees=5, ranker_min_leaf=5,
+                         ranker_drop_features=["ease_all", "gfcf_all"])
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    model = CMRanker(config, dataset.build()[0])
+    assert model.frame[0].shape[1] == len(FEATURES) - 2 == model.ranker.n_features_
+
+
 def test_features_are_relative_to_the_users_market(tiny_config):
     config = tiny_config("CMRanker", ranker_negatives=5, ranker_trees=5, ranker_min_leaf=5)
     init_seed(config["seed"], True)
@@ -59,7 +68,19 @@ def test_features_are_relative_to_the_users_market(tiny_config):
     ({"ease_reg_all": 0}, "ease_reg_all must be a number > 0"),
     ({"ranker_negatives": 0}, "ranker_negatives must be an integer >= 1"),
     ({"ranker_leaves": 1.5}, "ranker_leaves must be an integer >= 2"),
+    ({"ranker_drop_features": ["ease_all", "nope"]}, "ranker_drop_features must list some of"),
 ])
 def test_impossible_hyper_parameters(tiny_root, tmp_path, overrides, message):
     with pytest.raises(CrossMarketError, match=message):
         run("CMRanker", "bb", config_dict=tiny_dict(tiny_root, tmp_path, **overrides))
+
+
+def test_a_run_writes_the_rankers_gain_per_feature(tiny_root, tmp_path):
+    import csv
+    import os
+
+    path, _ = run("CMRanker", "bb", config_dict=tiny_dict(tiny_root, tmp_path, ranker_drop_features=["history_len"]))
+    with open(os.path.join(path, "feature_gain.csv")) as f:
+        gains = list(csv.DictReader(f))
+    assert [g["feature"] for g in gains] == [name for name in FEATURES if name != "history_len"]
+    assert sum(float(g["gain"]) for g in gains) > 0 and os.path.getsize(os.path.join(path, "feature_gain.png")) > 5000

@@ -18,6 +18,8 @@ LightGBM, because its LambdaRank optimises NDCG directly per user group, trains 
 frames on one CPU thread, and is deterministic with ``deterministic=True`` and a seed.
 """
 
+import os
+
 import lightgbm
 import numpy as np
 import scipy.sparse as sp
@@ -26,7 +28,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 from recbole.utils import InputType, ModelType
 
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.utils import CrossMarketError, write_csv_rows
 
 FEATURES = ("ease_all", "ease_own", "gfcf_all", "cooc_own", "cooc_others", "log_pop_own", "log_pop_all",
             "markets_selling", "history_len")
@@ -124,6 +126,7 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
         target_items = np.asarray(dataset.target_items)
         self.column_of_item = np.full(self.n_items, -1)
         self.column_of_item[target_items] = np.arange(len(target_items))
+        self.kept = [k for k, name in enumerate(FEATURES) if name not in config["ranker_drop_features"]]
 
         inner_X, held_out = self._inner_split(X, user_market, config["ranker_users_per_market"],
                                               np.random.default_rng(seed))
@@ -145,6 +148,9 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
         for key in ("ease_reg_all", "ease_reg_own", "ranker_learning_rate"):
             if not isinstance(settings[key], (int, float)) or isinstance(settings[key], bool) or settings[key] <= 0:
                 problems.append(f"{key} must be a number > 0, got {settings[key]!r}")
+        dropped = settings["ranker_drop_features"]
+        if not isinstance(dropped, list) or set(dropped) - set(FEATURES) or len(set(dropped)) == len(FEATURES):
+            problems.append(f"ranker_drop_features must list some of {', '.join(FEATURES)} (not all), got {dropped!r}")
         for key, low in (("ranker_trees", 1), ("ranker_leaves", 2), ("ranker_min_leaf", 1), ("ranker_negatives", 1),
                          ("ranker_users_per_market", 1)):
             if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < low:
@@ -193,19 +199,29 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
                     excluded[positive] = True
                     pool = np.flatnonzero(~excluded)
                     drawn = rng.choice(pool, size=min(config["ranker_negatives"], len(pool)), replace=False)
-                    features.append(block[row, np.r_[positive, drawn]])
+                    features.append(block[row, np.r_[positive, drawn]][:, self.kept])
                     labels.append(np.r_[1, np.zeros(len(drawn), dtype=np.int64)])
                     groups.append(1 + len(drawn))
             del part
         return np.concatenate(features), np.concatenate(labels), np.array(groups)
+
+    def write_pictures(self, dataset, folder, title, seed):
+        """The ranker's LightGBM gain per feature, as ``feature_gain.csv`` and a bar chart."""
+        from recbole_cmr.plots import feature_gain
+
+        names = [FEATURES[k] for k in self.kept]
+        gains = self.ranker.booster_.feature_importance("gain")
+        write_csv_rows(os.path.join(folder, "feature_gain.csv"),
+                       [{"feature": n, "gain": round(float(g), 3)} for n, g in zip(names, gains)])
+        feature_gain(names, gains, os.path.join(folder, "feature_gain.png"), f"{title}: what the ranker uses")
 
     def calculate_loss(self, interaction):
         return torch.nn.Parameter(torch.zeros(1))
 
     def _rank_scores(self, users):
         """``[len(users), len(target_items)]`` ranker scores of the target market's items."""
-        block = self.scores.features(self.target, users)
-        return self.ranker.predict(block.reshape(-1, len(FEATURES))).reshape(len(users), -1).astype(np.float32)
+        block = self.scores.features(self.target, users)[..., self.kept]
+        return self.ranker.predict(block.reshape(-1, len(self.kept))).reshape(len(users), -1).astype(np.float32)
 
     def predict(self, interaction):
         users = interaction[self.USER_ID].cpu().numpy()
