@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from recbole_cmr.utils import read_csv_rows, write_atomically, write_text  # noqa: E402
 
@@ -50,7 +51,8 @@ def main(argv=None):
     fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 3.8), squeeze=False)
     lines = ["# ACMR convergence on the comparison grid's runs (valid NDCG@5, `market` protocol)\n",
              "| market | seed | pre-training epochs run | selected pre-training epoch | its valid NDCG@5 | "
-             "fine-tuning epochs run | selected fine-tuning epoch | its valid NDCG@5 |", "|---|---|---|---|---|---|---|---|"]
+             "fine-tuning epochs run | selected fine-tuning epoch | its valid NDCG@5 |",
+             "|---|---|---|---|---|---|---|---|"]
     for ax, market in zip(axes[0], found):
         for (m, seed), rows in sorted(curves.items()):
             if m != market:
@@ -68,6 +70,7 @@ def main(argv=None):
                         ax.plot(int(selected["epoch"]) + 1, float(selected["ndcg@5"]), "k*", markersize=10)
             lines.append("| " + " | ".join(cells) + " |")
         ax.set_title(f"{market.upper()}: pre-training (star: selected epoch)", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("valid NDCG@5")
         ax.legend(fontsize=7)
