@@ -49,3 +49,14 @@ def tiny_config(tiny_root, tmp_path):
         return make_config(model, market, config_dict=config_dict)
 
     return build
+
+
+@pytest.fixture
+def tiny_settings(tiny_root, tmp_path):
+    """``tiny_settings(**overrides)``: a config dict for ``run``/``compare`` on the tiny dataset."""
+
+    def build(**overrides):
+        return {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 2,
+                "eval_neg_num": 20, "state": "WARNING", **overrides}
+
+    return build

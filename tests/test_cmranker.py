@@ -1,5 +1,8 @@
 """CMRanker: its ranker learns from training rows only, runs under every protocol, and is deterministic."""
 
+import csv
+import os
+
 import numpy as np
 import pytest
 from recbole.utils import init_seed
@@ -9,10 +12,8 @@ from recbole_cmr.model.cmranker import FEATURES, CMRanker
 from recbole_cmr.quick_start import run
 from recbole_cmr.utils import CrossMarketError
 
-
-def tiny_dict(tiny_root, tmp_path, **overrides):
-    return {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "eval_neg_num": 20,
-            "state": "WARNING", "ranker_negatives": 10, "ranker_trees": 20, "ranker_min_leaf": 5, **overrides}
+#: A ranker small enough for the tiny data.
+SMALL = {"ranker_negatives": 10, "ranker_trees": 20, "ranker_min_leaf": 5}
 
 
 def test_the_rankers_labels_are_training_rows_only(tiny_config):
@@ -33,11 +34,9 @@ def test_the_rankers_labels_are_training_rows_only(tiny_config):
     assert per_market.max() == 12 and (per_market > 0).sum() == 3  # every market labels the ranker
 
 
-def test_runs_under_every_protocol_and_the_same_seed_gives_the_same_numbers(tiny_root, tmp_path):
-    _, first = run("CMRanker", "bb", config_dict=tiny_dict(tiny_root, tmp_path), test_protocols=["full", "paper"],
-                   saved=False)
-    _, second = run("CMRanker", "bb", config_dict=tiny_dict(tiny_root, tmp_path), test_protocols=["full", "paper"],
-                    saved=False)
+def test_runs_under_every_protocol_and_the_same_seed_gives_the_same_numbers(tiny_settings):
+    _, first = run("CMRanker", "bb", config_dict=tiny_settings(**SMALL), test_protocols=["full", "paper"], saved=False)
+    _, second = run("CMRanker", "bb", config_dict=tiny_settings(**SMALL), test_protocols=["full", "paper"], saved=False)
     assert {r["protocol"] for r in first} == {"market", "full", "paper"}
     assert all(0 < r["ndcg@10"] <= 1 for r in first)
     assert first == second
@@ -70,16 +69,13 @@ def test_features_are_relative_to_the_users_market(tiny_config):
     ({"ranker_leaves": 1.5}, "ranker_leaves must be an integer >= 2"),
     ({"ranker_drop_features": ["ease_all", "nope"]}, "ranker_drop_features must list some of"),
 ])
-def test_impossible_hyper_parameters(tiny_root, tmp_path, overrides, message):
+def test_impossible_hyper_parameters(tiny_settings, overrides, message):
     with pytest.raises(CrossMarketError, match=message):
-        run("CMRanker", "bb", config_dict=tiny_dict(tiny_root, tmp_path, **overrides))
+        run("CMRanker", "bb", config_dict=tiny_settings(**{**SMALL, **overrides}))
 
 
-def test_a_run_writes_the_rankers_gain_per_feature(tiny_root, tmp_path):
-    import csv
-    import os
-
-    path, _ = run("CMRanker", "bb", config_dict=tiny_dict(tiny_root, tmp_path, ranker_drop_features=["history_len"]))
+def test_a_run_writes_the_rankers_gain_per_feature(tiny_settings):
+    path, _ = run("CMRanker", "bb", config_dict=tiny_settings(**SMALL, ranker_drop_features=["history_len"]))
     with open(os.path.join(path, "feature_gain.csv")) as f:
         gains = list(csv.DictReader(f))
     assert [g["feature"] for g in gains] == [name for name in FEATURES if name != "history_len"]

@@ -14,14 +14,9 @@ from recbole_cmr.quick_start import run
 from recbole_cmr.utils import CrossMarketError
 
 
-def tiny_dict(tiny_root, tmp_path, **overrides):
-    return {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 2,
-            "eval_neg_num": 20, "state": "WARNING", **overrides}
-
-
 @pytest.mark.parametrize("model", ["MMoE", "CrossStitch", "CoNet", "DDTCDR"])
-def test_end_to_end_under_every_protocol(tiny_root, tmp_path, model):
-    _, rows = run(model, "bb", config_dict=tiny_dict(tiny_root, tmp_path), test_protocols=["full", "paper"])
+def test_end_to_end_under_every_protocol(tiny_settings, model):
+    _, rows = run(model, "bb", config_dict=tiny_settings(), test_protocols=["full", "paper"])
     assert {r["protocol"] for r in rows} == {"market", "full", "paper"}
     assert all(0 < r["ndcg@10"] <= 1 for r in rows)
 
@@ -56,6 +51,6 @@ def test_a_row_is_scored_by_its_users_market(tiny_config, model_class, task_weig
     ("MMoE", {"task_hidden_size": []}, "task_hidden_size must be a non-empty list"),
     ("DDTCDR", {"transfer_weight": 2}, "transfer_weight must be in [0, 1]"),
 ])
-def test_impossible_hyper_parameters(tiny_root, tmp_path, model, overrides, message):
+def test_impossible_hyper_parameters(tiny_settings, model, overrides, message):
     with pytest.raises(CrossMarketError, match=re.escape(message)):
-        run(model, "bb", config_dict=tiny_dict(tiny_root, tmp_path, **overrides))
+        run(model, "bb", config_dict=tiny_settings(**overrides))
