@@ -171,9 +171,12 @@ def _top_k(scores, candidates, known, trained, k):
     order = torch.argsort(scores.nan_to_num(float("-inf")), dim=1, descending=True, stable=True)
     if trained is not None:  # stable: untrained candidates keep their score order, after every trained one
         order = order.gather(1, torch.argsort((~trained[candidates])[order].to(torch.int8), dim=1, stable=True))
-    usable = ~scores.isnan()
-    return [[(int(candidates[j]), float(scores[r, j])) for j in order[r].tolist() if usable[r, j]][:k]
-            for r in range(len(scores))]
+    removed = scores.isnan().gather(1, order)  # known items go last, then are cut
+    order = order.gather(1, torch.argsort(removed.to(torch.int8), dim=1, stable=True))[:, :k]
+    kept = ~scores.isnan().gather(1, order)
+    items, values = candidates[order].tolist(), scores.gather(1, order).tolist()
+    return [[(i, v) for i, v, keep in zip(row_items, row_values, row_kept) if keep]
+            for row_items, row_values, row_kept in zip(items, values, kept.tolist())]
 
 
 def _rows(run, user_tokens, tops):
