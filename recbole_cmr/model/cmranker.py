@@ -84,7 +84,10 @@ class BaseScores:
             self.markets[market] = {
                 "items": items, "row": np.cumsum(users) - 1, "X_own": X_own, "ease_own": _ease(X_own, self.reg_own),
                 "cooc_own": cooc_own, "cooc_others": (self.cooc_all[:, items][items] - cooc_own).tocsr(),
-                "log_pop_own": np.log1p(np.asarray(X_own.sum(0)).ravel())}
+                "log_pop_own": np.log1p(np.asarray(X_own.sum(0)).ravel()),
+                # the market's columns, cut once: cutting them per batch of users dominated full ranking
+                "ease_all": np.ascontiguousarray(self.ease_all[:, items]), "gfcf": self.gfcf[:, items].tocsr(),
+                "log_pop_all": self.log_pop_all[items], "markets_selling": self.markets_selling[items]}
         return self.markets[market]
 
     def features(self, market, users):
@@ -95,14 +98,14 @@ class BaseScores:
         rows_own = part["X_own"][part["row"][users]]
         n, m = len(users), len(items)
         columns = [
-            rows_all @ self.ease_all[:, items],
+            rows_all @ part["ease_all"],
             rows_own @ part["ease_own"],
-            (rows_all @ self.gfcf[:, items]).toarray(),
+            (rows_all @ part["gfcf"]).toarray(),
             (rows_own @ part["cooc_own"]).toarray(),
             (rows_own @ part["cooc_others"]).toarray(),
             np.broadcast_to(part["log_pop_own"], (n, m)),
-            np.broadcast_to(self.log_pop_all[items], (n, m)),
-            np.broadcast_to(self.markets_selling[items], (n, m)),
+            np.broadcast_to(part["log_pop_all"], (n, m)),
+            np.broadcast_to(part["markets_selling"], (n, m)),
             np.broadcast_to(np.asarray(rows_own.sum(1)).reshape(-1, 1), (n, m)),
         ]
         return np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=-1)
