@@ -227,13 +227,15 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
         return self.ranker.predict(block.reshape(-1, len(self.kept))).reshape(len(users), -1).astype(np.float32)
 
     def predict(self, interaction):
+        """Scores of the given (user, item) pairs only: the ranker predicts the candidates, not the catalogue."""
         users = interaction[self.USER_ID].cpu().numpy()
         columns = self.column_of_item[interaction[self.ITEM_ID].cpu().numpy()]
-        unique, inverse = np.unique(users, return_inverse=True)
-        scores = self._rank_scores(unique)
         out = np.full(len(users), -np.inf, dtype=np.float32)  # items the target market never sold
-        known = columns >= 0
-        out[known] = scores[inverse[known], columns[known]]
+        known = np.flatnonzero(columns >= 0)
+        if len(known):
+            unique, inverse = np.unique(users[known], return_inverse=True)
+            block = self.scores.features(self.target, unique)[inverse, columns[known]][:, self.kept]
+            out[known] = self.ranker.predict(block).astype(np.float32)
         return torch.from_numpy(out)
 
     def full_sort_predict(self, interaction):
