@@ -59,17 +59,31 @@ class WeightsOnlyCheckpointMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
 
+class _NoTensorBoard:
+    """The writer of a trainer whose logger has no log file (an API or bench caller): it writes nothing."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def add_hparams(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
 @contextlib.contextmanager
 def _tensorboard_beside_log_file():
     """RecBole's trainers open ``./log_tensorboard/<log name>`` in the current directory; while this
-    context is open they write to ``tensorboard/`` beside the run's log file instead."""
+    context is open they write to ``tensorboard/`` beside the run's log file instead, and nowhere when the
+    logger has no file (never into the caller's current directory)."""
     recbole_writer = recbole_trainer_module.get_tensorboard
 
     def writer(logger):
         for handler in logger.handlers:
             if hasattr(handler, "baseFilename"):
                 return SummaryWriter(os.path.join(os.path.dirname(handler.baseFilename), "tensorboard"))
-        return recbole_writer(logger)
+        return _NoTensorBoard()
 
     recbole_trainer_module.get_tensorboard = writer
     try:

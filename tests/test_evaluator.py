@@ -1,12 +1,14 @@
 """Fair evaluation: expected metrics over random order among ties, and untrained items ranked last."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 from recbole.utils import init_seed
 
 from recbole_cmr.data.dataset import CrossMarketDataset
-from recbole_cmr.data.protocol import eval_dataloaders
+from recbole_cmr.data.protocol import data_preparation, eval_dataloaders
 from recbole_cmr.evaluator import expected_positions
 from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, training_items
 from recbole_cmr.trainer import get_trainer
@@ -65,6 +67,19 @@ def test_a_model_scoring_every_candidate_equally_gets_the_expected_metrics(tiny_
     assert result["recall@10"] == pytest.approx(np.mean(np.minimum(10, n) / n), abs=1e-4)
     if protocol != "full":
         assert result["recall@10"] == pytest.approx(10 / 21, abs=1e-4)  # not 1 or 0 as item-id order would give
+
+
+def test_a_trainer_without_a_log_file_writes_nothing_into_the_current_directory(tiny_config, tmp_path,
+                                                                                 monkeypatch):
+    """API and bench callers have no run directory: RecBole's ``./log_tensorboard`` must not appear."""
+    config = tiny_config("Pop", epochs=1)
+    init_seed(config["seed"], True)
+    train, valid, _ = data_preparation(config, CrossMarketDataset(config))
+    (tmp_path / "caller").mkdir()
+    monkeypatch.chdir(tmp_path / "caller")
+    trainer = get_trainer(config)(config, config.model_class(config, train.dataset))
+    trainer.fit(train, valid, saved=False, verbose=False)
+    assert os.listdir(tmp_path / "caller") == []
 
 
 def known_target_items(dataset, built):
