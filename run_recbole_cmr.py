@@ -20,8 +20,9 @@ MODE_FLAGS = {
     "run": ("phase", "pretrained"),
     "compare": ("models", "markets", "seeds", "scopes", "pretrained_dir"),
     "tune": ("ray_address",),
-    "recommend": ("users", "all_users", "history", "histories", "k", "keep_known"),
+    "recommend": ("users", "all_users", "history", "histories", "keep_known"),
 }
+#: ``--k`` is the list length of --recommend and, in the other modes, ItemKNN's ``k`` (a RecBole config key).
 
 #: Settings a comparison grid sets per cell, and the flag that sets them.
 GRID_KEYS = {"seed": "--seeds", "train_markets": "--scopes", "eval_protocol": "--protocol"}
@@ -62,7 +63,8 @@ def parse_args(argv):
                         help="recommend: comma list of a new user's items (in order, oldest first)")
     parser.add_argument("--histories", default=None,
                         help="recommend: a CSV file 'user,item' (header, one row per item) of new users' histories")
-    parser.add_argument("--k", default=None, help="recommend: items per user (default 10)")
+    parser.add_argument("--k", default=None, help="recommend: items per user (default 10); other modes: "
+                        "ItemKNN's k (neighbours per item)")
     parser.add_argument("--keep_known", action="store_true", help="recommend: keep the user's known items")
     args, unknown = parser.parse_known_args(argv)
     return parser, args, unknown
@@ -177,17 +179,26 @@ def _recommend(args):
 
 
 def _main(parser, args, unknown):
+    empty = [a.option_strings[0] for a in parser._actions
+             if isinstance(getattr(args, a.dest, None), str) and not getattr(args, a.dest).strip()]
+    if empty:
+        raise CrossMarketError(f"{empty[0]} is empty; give it a value or drop it (--help lists the defaults)")
     mode = check_mode_flags(args)
+    if mode != "recommend" and args.k is not None:
+        unknown = [*unknown, f"--k={args.k}"]
     if mode == "recommend":
         if unknown:
             raise CrossMarketError(f"--recommend uses the run's own config; drop {unknown[0]!r}")
         return _recommend(args)
+    from recbole_cmr.config import check_overrides_fit
     from recbole_cmr.quick_start import format_table, run
     from recbole_cmr.tune import tune_model
 
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     overrides = config_overrides(parser, unknown, files)
     config_dict = {**overrides, "dataset": args.dataset}
+    check_overrides_fit(overrides, (args.models or "ACMR,Pop,EASE").split(",") if args.compare else [args.model],
+                        files)
     tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
     if args.compare:
         from recbole_cmr.compare import compare

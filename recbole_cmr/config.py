@@ -86,18 +86,57 @@ def read_config_file(path):
     return loaded
 
 
+def config_key_models():
+    """Every key a shipped yaml defines -> the models whose yaml defines it, or None for a key of every run."""
+    owners = {}
+    roots = (os.path.join(os.path.dirname(recbole.__file__), "properties"), PLUGIN_PROPERTIES)
+    for folder, _, names in (entry for root in roots for entry in os.walk(root)):
+        for name in (n for n in names if n.endswith(".yaml")):
+            model = name[:-len(".yaml")] if os.path.basename(folder) == "model" else None
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                keys = yaml.load(f, Loader=yaml.FullLoader) or {}
+            for key in keys:
+                if model is None:
+                    owners[key] = None
+                elif key not in owners or owners[key] is not None:
+                    owners.setdefault(key, set()).add(model)
+    return owners
+
+
 def known_config_keys(config_file_list=None):
     """Every key a yaml defines (RecBole's, the plugin's, the given files'): a command-line key outside it is a typo."""
-    roots = (os.path.join(os.path.dirname(recbole.__file__), "properties"), PLUGIN_PROPERTIES)
-    paths = [os.path.join(folder, name) for root in roots for folder, _, names in os.walk(root)
-             for name in names if name.endswith(".yaml")]
-    keys = set()
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            keys.update(yaml.load(f, Loader=yaml.FullLoader) or {})
+    keys = set(config_key_models())
     for path in config_file_list or []:
         keys.update(read_config_file(path))
     return keys
+
+
+#: RecBole keys the plugin sets from its own: a user's value would be silently replaced.
+PLUGIN_SET_KEYS = {
+    "eval_args": "the split is the plugin's leave-one-out of each target user's last two items, and the mode "
+                 "follows eval_protocol",
+    "valid_neg_sample_args": "valid candidates follow eval_protocol and eval_neg_num",
+    "test_neg_sample_args": "test candidates follow eval_protocol and eval_neg_num",
+}
+
+
+def check_overrides_fit(keys, models, config_file_list=None):
+    """Refuse a user setting that would be silently unused: one the plugin sets itself, or a model
+    hyper-parameter that none of ``models`` has."""
+    owners = config_key_models()
+    given = {str(m).lower() for m in models}
+    for path in config_file_list or []:
+        in_file = read_config_file(path)
+        keys = [*keys, *(key for key in in_file if key in PLUGIN_SET_KEYS)]
+        owners.update({key: None for key in in_file})
+    for key in keys:
+        if key in PLUGIN_SET_KEYS:
+            raise CrossMarketError(f"{key} is set by recbole-cmr ({PLUGIN_SET_KEYS[key]}); drop it")
+        if owners.get(key) and not {m.lower() for m in owners[key]} & given:
+            names = sorted(owners[key], key=str.lower)
+            holders = ", ".join(names) if len(names) <= 4 else f"{', '.join(names[:3])} and {len(names) - 3} more"
+            raise CrossMarketError(f"--{key} is a setting of {holders}, not of {', '.join(models)}, so it would be "
+                                   "ignored; drop it or run a model that has it")
 
 
 def typed_overrides(overrides):
@@ -114,11 +153,24 @@ def make_config(model, market=None, config_file_list=None, config_dict=None):
     if market is not None:
         config_dict["target_market"] = str(market).lower()
     check_trainer(model)
-    config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],
-                               config_file_list=config_file_list, config_dict=config_dict)
+    try:
+        config = CrossMarketConfig(model=model, dataset=config_dict["dataset"],
+                                   config_file_list=config_file_list, config_dict=config_dict)
+    except (ValueError, TypeError) as err:
+        if not _raised_by_recbole_config(err):
+            raise
+        raise CrossMarketError(f"impossible settings: {err}") from None
     check_training_parameters(config)
     check_model_fits(config)
     return config
+
+
+def _raised_by_recbole_config(err):
+    """Whether RecBole's Config itself refused a value (its checks raise ValueError/TypeError with a message)."""
+    frame = err.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return os.path.join("recbole", "config") in frame.tb_frame.f_code.co_filename
 
 
 def check_trainer(model):
@@ -163,13 +215,40 @@ SETTING_RULES = {
     "torch_threads": (lambda v: v == "auto" or _is_int(v, 1), "auto or an integer >= 1"),
     "cmr_plots": (lambda v: isinstance(v, bool), "True or False"),
     "show_progress": (lambda v: isinstance(v, bool) or v == "auto", "True, False or auto"),
+    # hyper-parameters of RecBole's models, which RecBole never checks
+    "mf_embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "mlp_embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "mlp_hidden_size": (lambda v: isinstance(v, list) and bool(v) and all(_is_int(k, 1) for k in v),
+                        "a non-empty list of integers >= 1"),
+    "hidden_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "inner_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "hidden_dropout_prob": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "attn_dropout_prob": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "MAX_ITEM_LIST_LENGTH": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "reg_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+}
+
+#: RecBole built-in model -> rules that hold for that model only (they replace a general rule of the same key).
+BUILTIN_MODEL_RULES = {
+    "EASE": {"reg_weight": (lambda v: _is_number(v) and v > 0, "a number > 0 (EASE inverts the Gram matrix plus it)")},
+    "ItemKNN": {"k": (lambda v: _is_int(v, 1), "an integer >= 1 (neighbours per item)"),
+                "shrink": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+                "knn_method": (lambda v: v in ("item", "user"), "item or user")},
+    "LightGCN": {"n_layers": (lambda v: _is_int(v, 0), "an integer >= 0")},
+    **{name: {"n_layers": (lambda v: _is_int(v, 1), "an integer >= 1"),
+              "n_heads": (lambda v: _is_int(v, 1), "an integer >= 1"),
+              "loss_type": (lambda v: v in ("CE", "BPR"), "CE or BPR")} for name in ("SASRec", "BERT4Rec")},
 }
 
 
 def check_settings(settings):
     """Reject settings no run can use, before any data is read; ``settings`` is a final config dict."""
-    problems = [f"{key} must be {what}, got {settings[key]!r}" for key, (accepts, what) in SETTING_RULES.items()
+    model = settings.get("model")
+    rules = {**SETTING_RULES, **BUILTIN_MODEL_RULES.get(model, {})}
+    problems = [f"{key} must be {what}, got {settings[key]!r}" for key, (accepts, what) in rules.items()
                 if key in settings and not accepts(settings[key])]
+    if model in ("SASRec", "BERT4Rec") and not problems and settings["hidden_size"] % settings["n_heads"]:
+        problems.append(f"n_heads ({settings['n_heads']}) must divide hidden_size ({settings['hidden_size']})")
     if not problems:
         valid_metric = str(settings.get("valid_metric")).lower()
         name, _, k = valid_metric.partition("@")

@@ -1,5 +1,6 @@
 """Hostile and careless input: one `error:` line, exit 2, nothing half-written, nothing silently changed."""
 
+import json
 import os
 import signal
 import subprocess
@@ -138,6 +139,30 @@ def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
     code, err = cli(["--model=ACMR", arg, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("model, arg, message", [
+    ("Pop", "--topk=[0]", "topk must be a positive integer"),  # RecBole's own check, as one line
+    ("BPR", "--train_neg_sample_args={'distribution':'zipf'}", "distribution [zipf]"),
+    ("EASE", "--reg_weight=-5", "reg_weight must be a number > 0"),
+    ("ItemKNN", "--k=0", "k must be an integer >= 1"),
+    ("SASRec", "--n_heads=3", "n_heads (3) must divide hidden_size (64)"),
+    ("NeuMF", "--mlp_hidden_size=[]", "mlp_hidden_size must be a non-empty list"),
+    ("Pop", "--k=5", "--k is a setting of"),  # another model's hyper-parameter would be ignored
+    ("Pop", "--eval_args={'order':'TO'}", "eval_args is set by recbole-cmr"),
+    ("Pop", "--market=", "--market is empty"),
+])
+def test_model_settings_recbole_never_checks_or_would_ignore(tmp_path, capsys, model, arg, message):
+    code, err = cli([f"--model={model}", arg, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "saved").exists()
+
+
+def test_k_is_itemknns_setting_outside_recommend(tiny_root, tmp_path, capsys):
+    code = main(["--model=ItemKNN", "--k=3", "--market=bb", "--dataset=tiny", f"--data_path={tiny_root}",
+                 "--eval_neg_num=20", f"--checkpoint_dir={tmp_path / 'saved'}"])
+    run_dir = capsys.readouterr().out.split("run directory: ")[1].strip()
+    assert code == 0 and json.load(open(os.path.join(run_dir, "config.json")))["k"] == 3
 
 
 @pytest.mark.parametrize("content, message", [
