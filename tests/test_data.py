@@ -80,6 +80,7 @@ def test_csv_import_writes_atomic_files_that_run(tmp_path, capsys):
                  "--rating", "stars", "--out", str(tmp_path / "atomic"), "--dataset", "shop"])
     out = capsys.readouterr().out
     assert code == 0 and "1 repeated (user, item) row(s) collapsed" in out and "br" in out and "pt" in out
+    assert "market names lower-cased and stripped: 'BR' -> 'br', 'PT' -> 'pt'" in out
     lines = (tmp_path / "atomic" / "shop" / "shop.inter").read_text().splitlines()
     assert lines[0].split("\t") == ATOMIC_HEADER and len(lines) == 1 + 40 + 1
     assert "br_0\tp0\t1.0\t1704067200\tbr" in lines
@@ -97,6 +98,12 @@ def test_csv_import_writes_atomic_files_that_run(tmp_path, capsys):
     ("a,b,c,r\n1,x,de,five\n", ["--user", "a", "--item", "b", "--market", "c", "--rating", "r"], "a numeric rating"),
     ("a,b,c\n", ["--user", "a", "--item", "b", "--market", "c"], "has a header but no rows"),
     ("a,b,c\n1,x,de\n", ["--user", "a", "--item", "b"], "--csv needs --market"),
+    # pandas would shift the first row's fields (user 'x', market 'extra') or cut the extra field silently
+    ("a,b,c\n1,x,de,extra\n2,y,de\n", ["--user", "a", "--item", "b", "--market", "c"],
+     "line 2 has 4 field(s), the header has 3"),
+    ("a,b,c\n1,x,de\n2,y,de,extra\n", ["--user", "a", "--item", "b", "--market", "c"], "line 3 has 4 field(s)"),
+    ('a,b,c\n"1\t2",x,de\n', ["--user", "a", "--item", "b", "--market", "c"], "a tab or line break inside"),
+    ("a,b,c\n1,x,de\n", ["--user", "a", "--item", "b", "--market", "c", "--sep", "::"], "--sep must be one character"),
 ])
 def test_csv_import_errors_write_nothing(tmp_path, capsys, rows, flags, message):
     path = _write_csv(tmp_path, rows)

@@ -10,15 +10,16 @@ Each XMarket file is ``userId itemId rate date`` (space separated, with header).
 A CSV has a header naming its columns; times are numbers (seconds since 1970) or dates,
 ratings numbers (without ``--rating`` every row is rated 1; without ``--time`` every
 row has time 0, so ``split_order: time`` would order a user's items at random).
-Market names are lower-cased. Users are per market, so a user token is
-``<market>_<user>``; item ids are kept as they are, so the same item is one token in
-every market.  Duplicate (user, item) rows of a market collapse into one
+Market names are lower-cased and stripped (the report lists each renamed value).
+Users are per market, so a user token is ``<market>_<user>``; item ids are kept as
+they are, so the same item is one token in every market.  Duplicate (user, item) rows of a market collapse into one
 interaction: the earliest dated row is kept, and the report says how many collapsed.
 The output is written to a temporary file and renamed into place, so a failed run
 never leaves a half-written atomic file.
 """
 
 import argparse
+import csv
 import os
 import re
 import sys
@@ -87,6 +88,9 @@ def read_csv(path, user, item, market, time=None, rating=None, sep=","):
     """Interactions of a CSV file in atomic-file column order, duplicates collapsed; bad rows name their line."""
     if not os.path.isfile(path):
         raise ConversionError(f"CSV file {path!r} does not exist")
+    if len(sep) != 1:
+        raise ConversionError(f"--sep must be one character, got {sep!r} (a tab: --sep $'\\t')")
+    check_row_widths(path, sep)
     try:
         frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -118,11 +122,35 @@ def read_csv(path, user, item, market, time=None, rating=None, sep=","):
             "each row needs a user, an item and a market" + (", a number or date as time" if time else "")
             + (", a numeric rating" if rating else "") + ": fix or remove such rows"
         )
+    broken = pd.concat([text[flag].str.contains(r"[\t\r\n]") for flag in ("--user", "--item", "--market")],
+                       axis=1).any(axis=1)
+    if broken.any():
+        first = broken.index[broken.to_numpy()][0]
+        raise ConversionError(f"{path}: line {first + 2} has a tab or line break inside a user, item or market "
+                              f"({int(broken.sum())} such row(s)): {frame.loc[first].to_dict()}; atomic files are "
+                              "tab separated: remove them from the values")
     markets = text["--market"].str.lower()
+    renamed = {raw: name for raw, name in zip(frame[market], markets) if raw != name}
     out = pd.DataFrame({"user_id": markets + "_" + text["--user"], "item_id": text["--item"],
                         "rating": ratings.astype(float), "timestamp": times.astype("int64"), "market": markets})
     out = out.sort_values(["user_id", "timestamp"], kind="stable")
-    return out.drop_duplicates(["user_id", "item_id"], keep="first"), len(out)
+    return out.drop_duplicates(["user_id", "item_id"], keep="first"), len(out), renamed
+
+
+def check_row_widths(path, sep):
+    """Every non-blank row has as many fields as the header (pandas would shift or cut the others silently)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = csv.reader(f, delimiter=sep)
+            width = len(next(rows, []))
+            for row in rows:
+                if row and any(v.strip() for v in row) and len(row) != width:
+                    raise ConversionError(
+                        f"{path}: line {rows.line_num} has {len(row)} field(s), the header has {width}: {row}; "
+                        f"fix the row (a {sep!r} inside a value needs quotes)")
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConversionError(f"{path}: cannot be read as a UTF-8 CSV with separator {sep!r} "
+                              f"({' '.join(str(err).split())})") from None
 
 
 def write_atomic(inter, out_dir, dataset):
@@ -171,8 +199,12 @@ def main(argv=None):
             needed = [f"--{c}" for c in ("user", "item", "market") if getattr(args, c) is None]
             if needed:
                 raise ConversionError(f"--csv needs {', '.join(needed)}: the columns holding them")
-            inter, rows = read_csv(args.csv, args.user, args.item, args.market, args.time, args.rating, args.sep)
+            inter, rows, renamed = read_csv(args.csv, args.user, args.item, args.market, args.time, args.rating,
+                                            args.sep)
             write_atomic(inter, args.out, args.dataset)
+            if renamed:
+                print("market names lower-cased and stripped: "
+                      + ", ".join(f"{raw!r} -> {name!r}" for raw, name in sorted(renamed.items())))
             print(f"{rows - len(inter)} repeated (user, item) row(s) collapsed into their earliest")
         else:
             inter = convert(args.src, args.out, args.dataset)
