@@ -30,6 +30,7 @@ import os
 import sys
 import time
 
+import torch
 import yaml
 
 from recbole_cmr.config import check_settings, make_config
@@ -75,6 +76,18 @@ def load_search(path):
                                f"{', '.join(m.upper() for m in REPORTED_METRICS)}, got {search['metric']!r}")
     if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
         raise CrossMarketError(f"search file {path}: num_samples must be an integer >= 1")
+    if not isinstance(search["grace_period"], int) or isinstance(search["grace_period"], bool) \
+            or search["grace_period"] < 1:
+        raise CrossMarketError(f"search file {path}: grace_period must be an integer >= 1 (epochs before ASHA may "
+                               f"stop a trial), got {search['grace_period']!r}")
+    if not isinstance(search["fixed"], dict):
+        raise CrossMarketError(f"search file {path}: fixed must map config keys to values, got {search['fixed']!r}")
+    resources = search["resources_per_trial"]
+    if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"} \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in resources.values()) \
+            or not resources.get("cpu"):
+        raise CrossMarketError(f"search file {path}: resources_per_trial must be {{cpu: N, gpu: M}} with N > 0 and "
+                               f"M >= 0, got {resources!r}")
     for name, spec in search["space"].items():
         check_distribution(name, spec)
     return search
@@ -176,6 +189,8 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     search = load_search(search_file)
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    check_local_resources(search["resources_per_trial"], address)
     if search["model"] not in (None, model):
         raise CrossMarketError(f"search file {search_file} is written for {search['model']}, not {model}; "
                                f"use --model={search['model']} or a search file of {model}")
@@ -195,7 +210,6 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
                                              "config_files": config_files})
     print(f"{'resuming the search' if resuming else 'new search'} in {out_dir}", flush=True)
 
-    address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     else:
@@ -223,6 +237,19 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     finally:
         ray.shutdown()
     return summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best)
+
+
+def check_local_resources(resources, address):
+    """On this machine alone, a trial asking for more than it has would wait for ever: say so instead."""
+    if address:
+        return
+    cpus = os.cpu_count() or 1
+    if resources.get("cpu", 0) > cpus:
+        raise CrossMarketError(f"resources_per_trial asks for {resources['cpu']} CPUs per trial; this machine has "
+                               f"{cpus}: lower it, or join a larger cluster with --ray_address")
+    if resources.get("gpu") and not torch.cuda.is_available():
+        raise CrossMarketError("resources_per_trial asks for a GPU and this machine has none: set gpu: 0, or join "
+                               "a cluster with GPUs with --ray_address")
 
 
 def _add_search_seconds(out_dir, seconds):

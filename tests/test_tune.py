@@ -51,6 +51,21 @@ def test_a_metric_the_trials_do_not_report_fails_before_any_trial(tiny_root, tmp
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"grace_period": 0}, "grace_period must be an integer >= 1"),
+    ({"fixed": ["epochs", 1]}, "fixed must map config keys to values"),
+    ({"resources_per_trial": {"cpu": 0}}, "resources_per_trial must be"),
+    ({"resources_per_trial": {"cpus": 1}}, "resources_per_trial must be"),
+    ({"resources_per_trial": {"cpu": 10_000}}, "asks for 10000 CPUs per trial; this machine has"),  # Ray would wait
+])
+def test_bad_search_settings_fail_before_ray(tiny_root, tmp_path, settings, message):
+    search = write_search(tmp_path, {"n_layers": {"choice": [1, 2]}}, **settings)
+    with pytest.raises(CrossMarketError, match=message):
+        tune_model("ACMR", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path))
+    assert not ray.is_initialized()
+    assert not (tmp_path / "saved").exists()
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
