@@ -94,6 +94,11 @@ def config_overrides(parser, unknown, config_files):
     return typed_overrides(overrides)
 
 
+def name_list(text):
+    """``"Pop, EASE"`` -> ``["Pop", "EASE"]``: a comma list, blanks around names ignored."""
+    return [name.strip() for name in text.split(",")]
+
+
 def int_list(text, flag):
     """``"1,2,3"`` -> ``[1, 2, 3]``, or say which flag is malformed."""
     try:
@@ -197,18 +202,18 @@ def _main(parser, args, unknown):
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     overrides = config_overrides(parser, unknown, files)
     config_dict = {**overrides, "dataset": args.dataset}
-    check_overrides_fit(overrides, (args.models or "ACMR,Pop,EASE").split(",") if args.compare else [args.model],
+    check_overrides_fit(overrides, name_list(args.models or "ACMR,Pop,EASE") if args.compare else [args.model],
                         files)
-    tests = [p.strip().lower() for p in args.test_protocols.split(",")] if args.test_protocols else None
+    tests = [p.lower() for p in name_list(args.test_protocols)] if args.test_protocols else None
     if args.compare:
         from recbole_cmr.compare import compare
 
         grid_set = [f"--{key} (use {flag})" for key, flag in GRID_KEYS.items() if key in overrides]
         if grid_set:
             raise CrossMarketError(f"--compare sets {', '.join(grid_set)} per cell; drop the override")
-        out = compare((args.models or "ACMR,Pop,EASE").split(","), (args.markets or "IN,JP").split(","),
+        out = compare(name_list(args.models or "ACMR,Pop,EASE"), name_list(args.markets or "IN,JP"),
                       int_list(args.seeds or "2020", "--seeds"), (args.protocol or "market").lower(),
-                      (args.scopes or "single,++").split(","), args.out,
+                      name_list(args.scopes or "single,++"), args.out,
                       config_dict, args.pretrained_dir, files, tests)
         print(open(f"{out}/table.md").read())
         print(f"comparison directory: {out}")

@@ -47,6 +47,14 @@ FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol"
 
 def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict, tuned_dir=None):
     """Validate the whole grid before running anything; returns the cells in order."""
+    for what, values in (("--models", models), ("--markets", [str(m).lower() for m in markets]),
+                         ("--seeds", seeds), ("--scopes", scopes)):
+        repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise CrossMarketError(f"{what} lists {', '.join(repeated)} more than once; give each once")
+    bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
+    if bad_seeds:
+        raise CrossMarketError(f"--seeds must be integers >= 0, got {bad_seeds[0]!r}")
     for scope in scopes:
         if scope not in SCOPES:
             raise CrossMarketError(f"unknown scope {scope!r}; use single (target market only), ++ (all markets) "
@@ -305,6 +313,9 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     cells = plan(models, markets, seeds, protocol, list(scopes), config_file_list, config_dict, tuned_dir)
     out_dir = os.path.abspath(out_dir or os.path.join("saved", f"compare-{protocol}"))
     pretrained_dir = os.path.abspath(pretrained_dir or os.path.join(os.path.dirname(out_dir), "pretrained"))
+    for flag, folder in (("--out", out_dir), ("--pretrained_dir", pretrained_dir)):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise CrossMarketError(f"{flag} {folder} is a file; give a folder (it is created if missing)")
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
     rows = read_csv_rows(results)

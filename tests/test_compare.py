@@ -54,13 +54,25 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
         markdown(read_csv_rows(os.path.join(out, "results.csv")), out, "market")
 
 
-@pytest.mark.parametrize("models, markets, message", [
-    (["Popp"], ["bb"], "unknown model 'Popp'. Did you mean: Pop"),
-    (["Pop"], ["bb", "zz"], "unknown market 'zz'"),
+@pytest.mark.parametrize("models, markets, seeds, message", [
+    (["Popp"], ["bb"], [1], "unknown model 'Popp'. Did you mean: Pop"),
+    (["Pop"], ["bb", "zz"], [1], "unknown market 'zz'"),
+    (["Pop", "Pop"], ["bb"], [1], "--models lists Pop more than once"),  # a repeat is an error, not merged
+    (["Pop"], ["bb", "BB"], [1], "--markets lists bb more than once"),
+    (["Pop"], ["bb"], [1, 1], "--seeds lists 1 more than once"),
+    (["Pop"], ["bb"], [-1], "--seeds must be integers >= 0"),
 ])
-def test_bad_grid_fails_before_running(tiny_root, tmp_path, models, markets, message):
+def test_bad_grid_fails_before_running(tiny_root, tmp_path, models, markets, seeds, message):
     with pytest.raises(CrossMarketError, match=message):
-        compare(models, markets, [1], "market", ["++"], str(tmp_path / "cmp"), tiny_dict(tiny_root))
+        compare(models, markets, seeds, "market", ["++"], str(tmp_path / "cmp"), tiny_dict(tiny_root))
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_an_output_folder_that_is_a_file_fails_before_running(tiny_root, tmp_path):
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(CrossMarketError, match="--pretrained_dir .*blocker is a file"):
+        compare(["Pop"], ["bb"], [1], "market", ["++"], str(tmp_path / "cmp"), tiny_dict(tiny_root),
+                pretrained_dir=str(tmp_path / "blocker"))
     assert not (tmp_path / "cmp").exists()
 
 
