@@ -17,8 +17,8 @@ in ``bench/results/compare-topk-ties/``. Re-running the command skips the
 finished cells, so the grid grows market by market and seed by seed.
 
 Settings shared by every model: ``epochs`` (50) caps every training phase and
-``stopping_step`` (5) is the patience on valid; ACMR keeps its own yaml
-(at most 4 pre-training epochs, patience 5).
+``stopping_step`` (5) is the patience on valid; two-phase models (ACMR, FOREC)
+use both in each phase.
 """
 
 import argparse
