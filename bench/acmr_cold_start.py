@@ -22,6 +22,7 @@ from collections import defaultdict
 import numpy as np
 from compare_markets import SETTINGS
 
+from recbole_cmr.compare import mean_text
 from recbole_cmr.quick_start import run
 from recbole_cmr.utils import read_csv_rows, write_csv_rows, write_text
 
@@ -49,19 +50,19 @@ def summary(rows, metric="ndcg@10"):
               "ACMR (every market, then the market)", "Pop (single)"]
     seeds = {m: sorted({r["seed"] for r in rows if r["market"] == m}) for m in markets}
     out = [f"# ACMR in a market it never pre-trained on: test {metric.upper()}\n",
-           "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(seeds[m])}" for m in markets) + "). "
+           "Mean ± std over seeds (" + "; ".join(f"{m.upper()} {', '.join(seeds[m])}" for m in markets) + "; best "
+           "per column in bold). "
            "Pre-train*: ACMR pre-trained on the other six markets, its epoch selected on the target's valid; "
            "Fine-tune*: that model fine-tuned on the target's training rows. ACMR and Pop (single) are the "
            "comparison grid's cells (their seeds), for reference.\n"]
     for protocol in PROTOCOLS:
+        best = {m: max((np.mean(values[(label, m, protocol)]) for label in labels
+                        if (label, m, protocol) in values), default=None) for m in markets}
         out += [f"## `{protocol}` protocol\n", "| model | " + " | ".join(m.upper() for m in markets) + " |",
                 "|---|" + "---|" * len(markets)]
-        for label in labels:
-            cells = []
-            for m in markets:
-                v = values.get((label, m, protocol))
-                cells.append(f"{np.mean(v):.4f} ± {np.std(v):.4f} ({len(v)})" if v else "")
-            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out += [f"| {label} | " + " | ".join(mean_text(values[(label, m, protocol)], best[m], len(seeds[m]))
+                                             if (label, m, protocol) in values else "" for m in markets) + " |"
+                for label in labels]
         out.append("")
     path = os.path.join(OUT, "summary.md")
     write_text(path, "\n".join(out))
