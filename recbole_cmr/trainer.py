@@ -12,6 +12,7 @@ import contextlib
 import os
 import pickle
 import random
+import time
 
 import numpy as np
 import recbole.trainer.trainer as recbole_trainer_module
@@ -110,9 +111,11 @@ class EpochHistoryMixin:
         self.epoch_history = []
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        started = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         total = sum(float(part) for part in loss) if isinstance(loss, tuple) else float(loss)
-        self.epoch_history.append({"epoch": epoch_idx, "train_loss": total})
+        self.epoch_history.append({"epoch": epoch_idx, "train_loss": total,
+                                   "train_seconds": round(time.perf_counter() - started, 2)})
         return loss
 
     def _valid_epoch(self, valid_data, *args, **kwargs):

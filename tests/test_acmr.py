@@ -154,6 +154,7 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
         epochs = [r for r in curves if r["phase"] == phase]
         assert [int(r["epoch"]) for r in epochs] == list(range(len(epochs)))
         assert sum(r["selected"] == "True" for r in epochs) == 1 and all(r["ndcg@5"] for r in epochs)
+        assert all(float(r["train_seconds"]) > 0 for r in epochs)  # time per epoch, for the sensitivity study
     assert os.listdir(tmp_path / "saved") == [os.path.basename(path)]
     assert {(r["phase"], r["protocol"], r["split"]) for r in rows} == {
         (ph, pr, sp) for ph in ("pretrain", "finetune") for pr in ("market", "paper", "full")
