@@ -7,9 +7,9 @@ Each point is one ACMR run with the grid's settings (at most 50 epochs per phase
 valid under ``market``, tested under ``market``, ``paper`` and ``full``) and one change:
 
 - ablation: without market embeddings (``use_market_embedding: False``), without multi-market data
-  (``train_markets: target``: both phases on the target's rows), without fine-tuning (``finetune: False``:
-  one phase on every market's rows). Each is compared with full ACMR, the comparison grid's ACMR cell of the
-  same market and seed, by a Wilcoxon signed-rank test over users (test NDCG@10).
+  (``train_markets: target, finetune: False``: one phase on the target's rows), without fine-tuning
+  (``finetune: False``: one phase on every market's rows). Each is compared with full ACMR, the comparison
+  grid's ACMR cell of the same market and seed, by a Wilcoxon signed-rank test over users (test NDCG@10).
 - sensitivity: embedding size d, history length SL (30-70), layers L and heads H, one at a time around the
   defaults (d 32, SL 50, L 4, H 8; run once, as the point "defaults"), with the mean training seconds per
   pre-training epoch beside each point (the paper's argument for its choices is a trade-off with time).
@@ -47,7 +47,7 @@ FIELDS = ["point", "market", "seed", "protocol", "split", *METRICS, "epochs", "s
 STUDIES = {
     "ablation": {
         "w/o market embedding": {"use_market_embedding": False},
-        "w/o multi-market data": {"train_markets": "target"},
+        "w/o multi-market data": {"train_markets": "target", "finetune": False},
         "w/o fine-tuning": {"finetune": False},
     },
     "sensitivity": {  # the defaults once, then one parameter changed at a time
