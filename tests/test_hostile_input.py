@@ -66,6 +66,35 @@ def test_a_row_with_a_missing_value_is_refused_not_dropped(tmp_path, edit, messa
         split_of(root)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda cells: [cells[0] + " ", *cells[1:]], "line 5 has blanks around its user_id 'aa_u0 '"),
+    (lambda cells: [cells[0], " " + cells[1], *cells[2:]], "line 5 has blanks around its item_id"),
+    (lambda cells: [*cells[:4], cells[4] + " "], "line 5 has blanks around its market 'aa '"),  # a fourth market
+    (lambda cells: [*cells[:4], "cc"], "user 'aa_u0' has rows in markets aa, cc"),  # part source, part target
+])
+def test_a_token_that_would_silently_become_another_is_refused(tmp_path, edit, message):
+    root, lines = tiny_lines(tmp_path)
+    lines[4] = "\t".join(edit(lines[4].split("\t")))
+    write_lines(root, lines)
+    with pytest.raises(CrossMarketError, match=message):
+        split_of(root)
+
+
+@pytest.mark.parametrize("header, message", [
+    ("\ufeffuser_id:token", "starts with a byte-order mark"),
+    ("user_id", "header field 'user_id' has no type"),
+    ("user_id:token\titem_id:token\tuser_id:float", "names 'user_id' twice"),
+    ("", "is empty"),
+])
+def test_a_header_recbole_would_misread_is_refused(tmp_path, header, message):
+    root, lines = tiny_lines(tmp_path)
+    write_lines(root, [header] + (lines[1:] if header else []))
+    if not header:
+        open(os.path.join(root, "edited", "edited.inter"), "w").close()
+    with pytest.raises(CrossMarketError, match=message):
+        split_of(root)
+
+
 def test_header_only_and_duplicate_rows_are_refused(tmp_path):
     root, lines = tiny_lines(tmp_path)
     write_lines(root, lines[:1])

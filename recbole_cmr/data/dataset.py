@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from recbole.data.dataset import Dataset, SequentialDataset
 from recbole.data.interaction import Interaction
-from recbole.utils import ModelType
+from recbole.utils import FeatureType, ModelType
 
 from recbole_cmr.utils import CrossMarketError
 
@@ -39,6 +39,7 @@ class CrossMarketDataset(Dataset):
                 f"'<dataset>/<dataset>.inter', or rebuild it with "
                 f"'python -m recbole_cmr.data.convert <folder of <market>_5core.txt>'"
             )
+        self._check_header(inter_path)
         try:
             super()._load_data(token, dataset_path)
         except (ValueError, KeyError, pd.errors.ParserError) as err:
@@ -56,6 +57,32 @@ class CrossMarketDataset(Dataset):
             )
         self._check_rows(inter_path)
         self._lower_case_markets(inter_path)
+        self._check_one_market_per_user(inter_path)
+
+    @staticmethod
+    def _check_header(inter_path):
+        """The header line RecBole would misread (or read with a wrong field name) stops here, named."""
+        with open(inter_path, "rb") as f:
+            first = f.readline()
+        if first.startswith(b"\xef\xbb\xbf"):
+            raise CrossMarketError(f"atomic file {inter_path} starts with a byte-order mark (a UTF-8 file saved by "
+                                   "some spreadsheet programs); save it as UTF-8 without BOM")
+        fields = first.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+        if fields == [""]:
+            raise CrossMarketError(f"atomic file {inter_path} is empty; it needs a header line such as "
+                                   "'user_id:token item_id:token rating:float timestamp:float market:token' "
+                                   "(tab-separated) and one line per interaction")
+        types = {t.value for t in FeatureType}
+        untyped = [f for f in fields if f.rpartition(":")[2] not in types]
+        if untyped:
+            raise CrossMarketError(f"atomic file {inter_path}: header field {untyped[0]!r} has no type; write each "
+                                   f"field as name:type with a type of {', '.join(sorted(types))} "
+                                   "(e.g. user_id:token)")
+        names = [f.rpartition(":")[0] for f in fields]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise CrossMarketError(f"atomic file {inter_path}: the header names {repeated[0]!r} twice; "
+                                   "give each field once")
 
     def _check_rows(self, inter_path):
         """Refuse rows RecBole would drop or misread without a word: none is silently lost."""
@@ -72,6 +99,16 @@ class CrossMarketDataset(Dataset):
                 f"({int(bad.sum())} such row(s)); every row needs a value in each of the header's "
                 f"{len(feat.columns)} tab-separated fields: fill or remove those rows"
             )
+        for field in (self.uid_field, self.iid_field, self.market_field):
+            text = feat[field].astype(str)
+            padded = (text != text.str.strip()).to_numpy()
+            if padded.any():
+                first = int(np.flatnonzero(padded)[0])
+                raise CrossMarketError(
+                    f"atomic file {inter_path}: line {first + 2} has blanks around its {field} "
+                    f"{text.iloc[first]!r} ({int(padded.sum())} such row(s)); '{text.iloc[first].strip()}' and "
+                    f"{text.iloc[first]!r} would be two different {field} values: remove the blanks"
+                )
         duplicates = feat.duplicated([self.uid_field, self.iid_field]).to_numpy()
         if duplicates.any():
             first = int(np.flatnonzero(duplicates)[0])
@@ -98,6 +135,18 @@ class CrossMarketDataset(Dataset):
         if changed:
             self.logger.info(f"market names lower-cased: {', '.join(changed)} (markets are case-insensitive)")
             self.inter_feat[self.market_field] = tokens.str.lower()
+
+    def _check_one_market_per_user(self, inter_path):
+        """Users are per market: a user token with rows in two markets would be split between target and
+        source data without a word."""
+        markets = self.inter_feat.groupby(self.uid_field)[self.market_field].unique()
+        spread = markets[markets.map(len) > 1]
+        if len(spread):
+            raise CrossMarketError(
+                f"atomic file {inter_path}: user {spread.index[0]!r} has rows in markets "
+                f"{', '.join(sorted(spread.iloc[0]))} ({len(spread)} such user(s)); users are per market: give each "
+                "market's users their own tokens (python -m recbole_cmr.data.convert prefixes them with the market)"
+            )
 
     def _reset_index(self):
         if self.inter_feat.empty:  # RecBole's own message blames "some feat"
