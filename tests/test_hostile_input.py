@@ -57,22 +57,13 @@ def cli(args, capsys):
     (lambda cells: cells[:4] + [""], "line 5 has no value for market"),          # an empty market
     (lambda cells: [cells[0], "", *cells[2:]], "line 5 has no value for item_id"),
     (lambda cells: cells[:2] + [""] + cells[3:], "line 5 has no value for rating"),
-])
-def test_a_row_with_a_missing_value_is_refused_not_dropped(tmp_path, edit, message):
-    root, lines = tiny_lines(tmp_path)
-    lines[4] = "\t".join(edit(lines[4].split("\t")))
-    write_lines(root, lines)
-    with pytest.raises(CrossMarketError, match=message):
-        split_of(root)
-
-
-@pytest.mark.parametrize("edit, message", [
+    # tokens that would silently become other tokens
     (lambda cells: [cells[0] + " ", *cells[1:]], "line 5 has blanks around its user_id 'aa_u0 '"),
     (lambda cells: [cells[0], " " + cells[1], *cells[2:]], "line 5 has blanks around its item_id"),
     (lambda cells: [*cells[:4], cells[4] + " "], "line 5 has blanks around its market 'aa '"),  # a fourth market
     (lambda cells: [*cells[:4], "cc"], "user 'aa_u0' has rows in markets aa, cc"),  # part source, part target
 ])
-def test_a_token_that_would_silently_become_another_is_refused(tmp_path, edit, message):
+def test_a_row_that_would_be_dropped_or_misread_is_refused(tmp_path, edit, message):
     root, lines = tiny_lines(tmp_path)
     lines[4] = "\t".join(edit(lines[4].split("\t")))
     write_lines(root, lines)
