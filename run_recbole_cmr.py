@@ -33,7 +33,8 @@ def parse_args(argv):
                                      allow_abbrev=False)  # --seed is a config key, not --seeds
     parser.add_argument("--model", "-m", default="ACMR", help="ACMR or any RecBole model name (default ACMR)")
     parser.add_argument("--market", default=None,
-                        help="target market, case-insensitive (default IN); --recommend: the market of new users")
+                        help="target market, case-insensitive (default: target_market of the config, IN); "
+                        "--recommend: the market of new users")
     parser.add_argument("--dataset", "-d", default="xmarket", help="dataset name under data_path (default xmarket)")
     parser.add_argument("--protocol", default=None, help="evaluation protocol: market (default), full, paper "
                         "or one registered in recbole_cmr.data.protocol")
@@ -221,12 +222,12 @@ def _main(parser, args, unknown):
     if args.protocol is not None:
         config_dict["eval_protocol"] = args.protocol.lower()
     if args.tune:
-        out = tune_model(args.model, args.market or "in", args.tune, files, config_dict, ray_address=args.ray_address,
+        out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address,
                          out_dir=args.out)
         print(open(f"{out}/summary.md").read())
         print(f"search directory: {out}")
         return 0
-    path, rows = run(args.model, args.market or "in", files, config_dict, phase=args.phase or "both",
+    path, rows = run(args.model, args.market, files, config_dict, phase=args.phase or "both",
                      pretrained=args.pretrained, test_protocols=tests)
     print(format_table(rows))
     print(f"run directory: {path}")

@@ -192,6 +192,27 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
+def _is_interval(value):
+    """RecBole's filter intervals: ``None`` or ``"[a,b)"`` parts joined by ``;`` (RecBole skips a malformed
+    part with a warning, so a typo would silently keep every user)."""
+    if value is None:
+        return True
+    if not isinstance(value, str) or not value.strip():
+        return False
+    for part in value.split(";"):
+        part = part.strip()
+        bounds = part[1:-1].split(",")
+        if len(part) < 2 or part[0] not in "[(" or part[-1] not in ")]" or len(bounds) != 2:
+            return False
+        try:
+            low, high = float(bounds[0]), float(bounds[1])
+        except ValueError:
+            return False
+        if np.isnan(low) or np.isnan(high) or low > high:
+            return False
+    return True
+
+
 #: key -> (accepts the value, what it must be); keys a model does not have are skipped.
 SETTING_RULES = {
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -214,6 +235,14 @@ SETTING_RULES = {
     "untrained_items": (lambda v: v in UNTRAINED_ITEM_RULES, f"one of {', '.join(UNTRAINED_ITEM_RULES)}"),
     "torch_threads": (lambda v: v == "auto" or _is_int(v, 1), "auto or an integer >= 1"),
     "cmr_plots": (lambda v: isinstance(v, bool), "True or False"),
+    "user_inter_num_interval": (lambda v: _is_interval(v), "~ or intervals such as \"[3,inf)\" (several: \";\")"),
+    "item_inter_num_interval": (lambda v: _is_interval(v), "~ or intervals such as \"[3,inf)\" (several: \";\")"),
+    "state": (lambda v: v is None or str(v).lower() in ("debug", "info", "warning", "error", "critical"),
+              "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+    "finetune": (lambda v: v is None or isinstance(v, bool), "True, False or ~"),
+    **{key: (lambda v: isinstance(v, bool), "True or False")
+       for key in ("reproducibility", "use_gpu", "valid_metric_bigger", "pretrain_valid", "use_market_embedding",
+                   "history_keeps_positive")},
     "show_progress": (lambda v: isinstance(v, bool) or v == "auto", "True, False or auto"),
     # hyper-parameters of RecBole's models, which RecBole never checks
     "mf_embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),

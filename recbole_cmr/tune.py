@@ -198,6 +198,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     config_dict = dict(config_dict or {})
     config_dict["valid_metric"] = search["metric"]
     base = check_parameters(search, model, market, config_files, config_dict)
+    market = base["target_market"]  # --market, else the config files' or the yaml's target_market
     config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
     config_dict.update(search["fixed"])
     config_dict.setdefault("eval_protocol", base["eval_protocol"])

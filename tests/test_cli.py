@@ -41,6 +41,18 @@ def test_cli_bad_input(tmp_path, args, message):
     assert not (tmp_path / "saved").exists() or os.listdir(tmp_path / "saved") == []
 
 
+def test_a_config_files_target_market_is_used_when_no_market_flag_is_given(tiny_root, tmp_path, capsys):
+    (tmp_path / "cc.yaml").write_text("target_market: cc\n")
+    common = ["--model=Pop", "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path / 'saved'}",
+              "--eval_neg_num=15", f"--config_files={tmp_path / 'cc.yaml'}"]
+    assert main(common) == 0
+    assert json.load(open(os.path.join(capsys.readouterr().out.split("run directory: ")[1].strip(),
+                                       "config.json")))["target_market"] == "cc"
+    assert main([*common, "--market=BB"]) == 0  # the flag wins, as any command-line setting does
+    assert json.load(open(os.path.join(capsys.readouterr().out.split("run directory: ")[1].strip(),
+                                       "config.json")))["target_market"] == "bb"
+
+
 def test_overrides_in_argv_reach_the_config_and_test_protocols_add_to_the_configured_one(
         tiny_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["pytest", "--eval_neg_num=99"])  # must not leak into the run

@@ -154,6 +154,10 @@ def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
     ("--split_seed=-1", "split_seed must be an integer >= 0, got -1"),
     ("--pretrain_max_epochs=-1", "pretrain_max_epochs must be an integer >= 1"),
     ("--untrained_items=first", "untrained_items must be one of last, score"),
+    ("--user_inter_num_interval=5", "user_inter_num_interval must be ~ or intervals"),  # RecBole: a warning, no filter
+    ("--user_inter_num_interval=[a,b)", "user_inter_num_interval must be ~ or intervals"),  # RecBole: a traceback
+    ("--state=LOUD", "state must be one of DEBUG, INFO"),
+    ("--reproducibility=maybe", "reproducibility must be True or False"),
 ])
 def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
     code, err = cli(["--model=ACMR", arg, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
