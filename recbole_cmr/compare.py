@@ -52,9 +52,9 @@ def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict
         repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
         if repeated:
             raise CrossMarketError(f"{what} lists {', '.join(repeated)} more than once; give each once")
-    bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or s < 0]
+    bad_seeds = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 32]
     if bad_seeds:
-        raise CrossMarketError(f"--seeds must be integers >= 0, got {bad_seeds[0]!r}")
+        raise CrossMarketError(f"--seeds must be integers from 0 to 2**32 - 1, got {bad_seeds[0]!r}")
     for scope in scopes:
         if scope not in SCOPES:
             raise CrossMarketError(f"unknown scope {scope!r}; use single (target market only), ++ (all markets) "

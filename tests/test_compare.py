@@ -60,7 +60,7 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     (["Pop", "Pop"], ["bb"], [1], "--models lists Pop more than once"),  # a repeat is an error, not merged
     (["Pop"], ["bb", "BB"], [1], "--markets lists bb more than once"),
     (["Pop"], ["bb"], [1, 1], "--seeds lists 1 more than once"),
-    (["Pop"], ["bb"], [-1], "--seeds must be integers >= 0"),
+    (["Pop"], ["bb"], [-1], "--seeds must be integers from 0 to 2\\*\\*32 - 1"),
 ])
 def test_bad_grid_fails_before_running(tiny_root, tmp_path, models, markets, seeds, message):
     with pytest.raises(CrossMarketError, match=message):

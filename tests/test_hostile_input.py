@@ -149,7 +149,7 @@ def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
 @pytest.mark.parametrize("arg, message", [
     ("--eval_batch_size=0", "eval_batch_size must be an integer >= 1, got 0"),
     ("--valid_metric=AUC", "valid_metric must be one of the configured metrics"),
-    ("--metrics=['AUC']", "metrics must be a list of ranking metrics"),
+    ("--metrics=['AUC']", "metrics must be a list of distinct ranking metrics"),
     ("--seed=abc", "seed must be an integer >= 0, got 'abc'"),
     ("--split_seed=-1", "split_seed must be an integer >= 0, got -1"),
     ("--pretrain_max_epochs=-1", "pretrain_max_epochs must be an integer >= 1"),
@@ -158,6 +158,10 @@ def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
     ("--user_inter_num_interval=[a,b)", "user_inter_num_interval must be ~ or intervals"),  # RecBole: a traceback
     ("--state=LOUD", "state must be one of DEBUG, INFO"),
     ("--reproducibility=maybe", "reproducibility must be True or False"),
+    ("--seed=99999999999999999999", "seed must be an integer from 0 to 2**32 - 1"),  # numpy: a traceback
+    ("--topk=[5,5]", "topk must be a non-empty list of distinct integers"),
+    ("--metrics=['Recall','recall','NDCG']", "metrics must be a list of distinct ranking metrics"),
+    ("--train_neg_sample_args={'distribution':'uniform','sample_num':0}", "sample_num is an integer >= 1"),
 ])
 def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
     code, err = cli(["--model=ACMR", arg, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
