@@ -12,7 +12,8 @@ other built-ins the scope (``train_markets``: target or all) is a searched param
 models train as their yaml says. Each search lands in ``bench/results/tune/<model>-<scope>-<market>/``
 (trials, per-epoch scores, ``best.yaml``, its wall and CPU minutes); a search that is interrupted resumes
 when the command is run again, a finished one is skipped. ``--rerun`` runs the grid of the selected
-configurations into ``bench/results/compare-tuned/`` with ``compare_markets.py``'s table.
+configurations, with Pop (nothing to tune) beside them, into ``bench/results/compare-tuned/`` with
+``compare_markets.py``'s table.
 """
 
 import argparse
@@ -103,9 +104,10 @@ def main(argv=None):
     if args.rerun:
         from compare_markets import REFERENCES, summary
 
-        groups = {}  # compare gives one list of scopes to all its built-ins: one call per list
+        groups = {"Pop": ["single", "++"]}  # compare gives one list of scopes to all its built-ins: one call per list
         for model, scope, _, _ in searches(models, markets[:1]):
             groups.setdefault(model, []).append("searched" if scope == "cross-market" else scope)
+        models = ["Pop", *models]  # nothing to tune, beside every tuned model as in every table
         for market in markets:
             started = time.time()
             for scopes in dict.fromkeys(tuple(s) for s in groups.values()):

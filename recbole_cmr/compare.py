@@ -45,6 +45,10 @@ FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol"
           "seconds"]
 
 
+#: Models without hyper-parameters: a tuned grid runs them as they are, beside the tuned ones.
+NOTHING_TO_TUNE = ("Pop",)
+
+
 def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict, tuned_dir=None):
     """Validate the whole grid before running anything; returns the cells in order."""
     for what, values in (("--models", models), ("--markets", [str(m).lower() for m in markets]),
@@ -72,8 +76,8 @@ def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict
                     label = (config.model_class.label or model) if cross_market else f"{model} ({scope_text})"
                     cells.append((label, model, scope, market, seed))
     if tuned_dir:
-        missing = sorted({tuned_file(tuned_dir, cell) for cell in cells} - set(glob.glob(
-            os.path.join(tuned_dir, "*", "best.yaml"))))
+        missing = sorted({tuned_file(tuned_dir, cell) for cell in cells if cell[1] not in NOTHING_TO_TUNE}
+                         - set(glob.glob(os.path.join(tuned_dir, "*", "best.yaml"))))
         if missing:
             raise CrossMarketError(f"no finished search for {len(missing)} cell(s), first {missing[0]}; run the "
                                    "searches first (python bench/tune_markets.py), or drop those models/markets")
@@ -91,7 +95,8 @@ def tuned_file(tuned_dir, cell):
 
 def cell_config_files(cell, config_file_list, tuned_dir):
     """A cell's config files: the grid's, then its tuned configuration if the grid is tuned."""
-    return list(config_file_list or []) + ([tuned_file(tuned_dir, cell)] if tuned_dir else [])
+    tuned = tuned_dir and cell[1] not in NOTHING_TO_TUNE
+    return list(config_file_list or []) + ([tuned_file(tuned_dir, cell)] if tuned else [])
 
 
 #: Config keys that never change what a pre-training produces.
@@ -303,8 +308,8 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     Every cell selects on valid under ``protocol`` and is tested under ``protocol`` and each of
     ``test_protocols``; ``table.md``/``plot.png`` show ``protocol``, ``table-<p>.md``/``plot-<p>.png`` the others.
     With ``tuned_dir`` (a folder of searches named by :func:`recbole_cmr.tune.search_name`) every cell also
-    reads its search's ``best.yaml``. Each of ``references`` (labels) gets a Wilcoxon test against the best
-    other model per market in the tables.
+    reads its search's ``best.yaml`` (except :data:`NOTHING_TO_TUNE`). Each of ``references`` (labels) gets a
+    Wilcoxon test against the best other model per market in the tables.
     """
     config_dict = dict(config_dict or {})
     tested = list(dict.fromkeys([protocol, *(test_protocols or [])]))

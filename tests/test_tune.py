@@ -161,9 +161,11 @@ def test_a_tuned_comparison_runs_each_cell_with_its_searchs_selection(tiny_root,
         compare(["EASE"], ["bb"], [1], "market", ["++"], str(tmp_path / "cmp"), grid_dict, tuned_dir=str(tuned))
     with pytest.raises(CrossMarketError, match="scope 'searched' takes train_markets from tuned"):
         compare(["EASE"], ["bb"], [1], "market", ["searched"], str(tmp_path / "cmp"), grid_dict)
-    cmp = compare(["EASE"], ["bb"], [1], "market", ["single"], str(tmp_path / "cmp"), grid_dict, tuned_dir=str(tuned))
-    run_dir = os.listdir(os.path.join(cmp, "runs"))[0]
-    config = json.load(open(os.path.join(cmp, "runs", run_dir, "config.json")))
+    cmp = compare(["EASE", "Pop"], ["bb"], [1], "market", ["single"], str(tmp_path / "cmp"), grid_dict,
+                  tuned_dir=str(tuned))  # Pop has nothing to tune: it runs beside the tuned models
+    runs = {name.split("-")[0]: name for name in os.listdir(os.path.join(cmp, "runs"))}
+    config = json.load(open(os.path.join(cmp, "runs", runs["EASE"], "config.json")))
     assert config["reg_weight"] == selected and config["train_markets"] == "target"
+    assert sorted(runs) == ["EASE", "Pop"]
     with pytest.raises(CrossMarketError, match="the tuned configurations"):
         compare(["EASE"], ["bb"], [2], "market", ["single"], cmp, grid_dict)
