@@ -20,7 +20,7 @@ from recbole_cmr.utils import CrossMarketError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = {"ACMR": {"embedding_size": 8, "n_heads": 2, "n_layers": 1},
           "EASE": {"train_markets": "target"}, "ItemKNN": {}, "M3Rec": {}, "Pop": {}, "BPR": {},
-          "SASRec": {"MAX_ITEM_LIST_LENGTH": 10}}
+          "SASRec": {"MAX_ITEM_LIST_LENGTH": 10}, "CMRanker": {"ranker_trees": 20}}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_keep_known_can_return_the_users_items(runs):
     assert mine <= {dataset.token2id(dataset.iid_field, row["item"]) for row in everything}
 
 
-@pytest.mark.parametrize("model", ["ACMR", "EASE", "ItemKNN", "M3Rec", "Pop"])
+@pytest.mark.parametrize("model", ["ACMR", "EASE", "ItemKNN", "M3Rec", "Pop", "CMRanker"])
 def test_a_new_user_with_a_known_users_history_gets_that_users_scores(runs, model):
     """History models score from the items alone: a copy of a known user's training items scores as that user."""
     loaded = load_run(runs[model])
@@ -86,8 +86,9 @@ def test_a_new_user_with_a_known_users_history_gets_that_users_scores(runs, mode
     assert config["target_market"] == "bb"
 
 
-def test_a_new_users_items_are_excluded_and_other_markets_served(runs):
-    loaded = load_run(runs["ACMR"])
+@pytest.mark.parametrize("model", ["ACMR", "CMRanker"])
+def test_a_new_users_items_are_excluded_and_other_markets_served(runs, model):
+    loaded = load_run(runs[model])
     rows = recommend_histories(loaded, {"a": ["i30", "i31"], "b": ["i40"]}, market="CC", k=5)
     assert [r["user"] for r in rows] == ["a"] * 5 + ["b"] * 5
     assert not {"i30", "i31"} & {r["item"] for r in rows if r["user"] == "a"}

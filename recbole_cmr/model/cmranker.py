@@ -93,10 +93,12 @@ class BaseScores:
     def features(self, market, users):
         """``[len(users), len(items), len(FEATURES)]`` features of every item of ``market`` for its ``users``."""
         part = self.markets[market]
-        items = part["items"]
-        rows_all = self.X[users]
-        rows_own = part["X_own"][part["row"][users]]
-        n, m = len(users), len(items)
+        return self.features_of_rows(market, self.X[users], part["X_own"][part["row"][users]])
+
+    def features_of_rows(self, market, rows_all, rows_own):
+        """The same for users given by their binary item rows: all items, and the market's items only."""
+        part = self.markets[market]
+        n, m = rows_all.shape[0], len(part["items"])
         columns = [
             rows_all @ part["ease_all"],
             rows_own @ part["ease_own"],
@@ -220,6 +222,22 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
 
     def calculate_loss(self, interaction):
         return torch.nn.Parameter(torch.zeros(1))
+
+    def score_history(self, history, market, candidates):
+        """Scores of ``candidates`` for a new user of ``market`` from the ids of their items: the base scores
+        read a user only through their items, so a history is all a user needs."""
+        market = int(market)
+        if market not in self.scores.markets:
+            sold = np.unique(self.scores.X[self.scores.user_market == market].indices)
+            self.scores.for_market(market, sold)
+        items = self.scores.markets[market]["items"]
+        row = sp.csr_matrix((np.ones(len(history)), (np.zeros(len(history), dtype=np.int64), history.cpu().numpy())),
+                            shape=(1, self.n_items))
+        row = _binary(row)
+        block = self.scores.features_of_rows(market, row, row[:, items].tocsr())[0][:, self.kept]
+        out = np.full(self.n_items, -np.inf, dtype=np.float32)  # items the market never sold
+        out[items] = self.ranker.predict(block).astype(np.float32)
+        return torch.from_numpy(out[candidates.cpu().numpy()])
 
     def _rank_scores(self, users):
         """``[len(users), len(target_items)]`` ranker scores of the target market's items."""
