@@ -160,8 +160,8 @@ def _history_scores(run, history, market_id, candidates):
         interaction = Interaction({model.ITEM_SEQ: item_list, model.ITEM_SEQ_LEN: torch.tensor([len(recent)])})
         return model.full_sort_predict(interaction).view(-1).float()[candidates]
     raise CrossMarketError(f"{config['model']} learns one vector per training user, so it cannot score a user it "
-                           "never saw; recommend from a history with ACMR, M3Rec, EASE, ItemKNN, Pop or a "
-                           "sequential model (SASRec), or retrain with the user's data")
+                           "never saw; recommend from a history with ACMR, CMRanker, M3Rec, EASE, ItemKNN, Pop or "
+                           "a sequential model (SASRec), or retrain with the user's data")
 
 
 def _top_k(scores, candidates, known, trained, k):
