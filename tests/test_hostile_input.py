@@ -73,7 +73,8 @@ def test_a_row_that_would_be_dropped_or_misread_is_refused(tmp_path, edit, messa
 
 @pytest.mark.parametrize("header, message", [
     ("\ufeffuser_id:token", "starts with a byte-order mark"),
-    ("user_id", "header field 'user_id' has no type"),
+    ("user_id", "header field 'user_id' has no known type"),
+    ("user_id:token\titem_id:tokn", "header field 'item_id:tokn' has no known type"),
     ("user_id:token\titem_id:token\tuser_id:float", "names 'user_id' twice"),
     ("", "is empty"),
 ])

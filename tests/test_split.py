@@ -107,8 +107,9 @@ def test_missing_market_field(tmp_path, tiny_config):
 def test_malformed_atomic_file(tmp_path, tiny_config):
     root = tmp_path / "atomic"
     (root / "tiny").mkdir(parents=True)
-    (root / "tiny" / "tiny.inter").write_text("user_id:token\titem_id:tokn\tmarket:token\nu1\ti1\taa\n")
-    with pytest.raises(CrossMarketError, match="malformed atomic file"):
+    (root / "tiny" / "tiny.inter").write_text("user_id:token\titem_id:token\trating:float\tmarket:token\n"
+                                              "u1\ti1\tfive\taa\n")
+    with pytest.raises(CrossMarketError, match="malformed atomic file .*rating:float"):
         build(tiny_config(data_path=str(root)))
 
 

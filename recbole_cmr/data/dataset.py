@@ -75,8 +75,8 @@ class CrossMarketDataset(Dataset):
         types = {t.value for t in FeatureType}
         untyped = [f for f in fields if f.rpartition(":")[2] not in types]
         if untyped:
-            raise CrossMarketError(f"atomic file {inter_path}: header field {untyped[0]!r} has no type; write each "
-                                   f"field as name:type with a type of {', '.join(sorted(types))} "
+            raise CrossMarketError(f"atomic file {inter_path}: header field {untyped[0]!r} has no known type; write "
+                                   f"each field as name:type with a type of {', '.join(sorted(types))} "
                                    "(e.g. user_id:token)")
         names = [f.rpartition(":")[0] for f in fields]
         repeated = sorted({n for n in names if names.count(n) > 1})
