@@ -15,14 +15,14 @@ import warnings
 
 from recbole_cmr.utils import CrossMarketError
 
-#: Flags of one mode only (run, --compare, --tune, --recommend); another mode refuses them.
+#: Flags of one mode only (run, --compare, --tune, --recommend); another mode refuses them. Not ``--k``:
+#: it is the list length of --recommend and, in the other modes, ItemKNN's ``k`` (a RecBole config key).
 MODE_FLAGS = {
     "run": ("phase", "pretrained"),
     "compare": ("models", "markets", "seeds", "scopes", "pretrained_dir"),
     "tune": ("ray_address",),
     "recommend": ("users", "all_users", "history", "histories", "keep_known"),
 }
-#: ``--k`` is the list length of --recommend and, in the other modes, ItemKNN's ``k`` (a RecBole config key).
 
 #: Settings a comparison grid sets per cell, and the flag that sets them.
 GRID_KEYS = {"seed": "--seeds", "train_markets": "--scopes", "eval_protocol": "--protocol"}
