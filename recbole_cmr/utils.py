@@ -88,9 +88,11 @@ def write_atomically(path, write, mode="w"):
         with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
             write(f)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if os.path.isfile(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (tmp, path):
+            raise OSError(err.errno, err.strerror, path) from None  # the file asked for, not the temporary one
         raise
 
 

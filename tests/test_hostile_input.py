@@ -217,6 +217,17 @@ def test_an_output_folder_that_is_a_file(tiny_root, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("error: cannot write or read") and "saved" in err[0]
 
 
+def test_a_failed_write_names_the_file_asked_for_and_leaves_nothing(tmp_path):
+    from recbole_cmr.utils import write_text
+
+    (tmp_path / "taken.csv").mkdir()
+    for path in (tmp_path / "missing" / "x.csv", tmp_path / "taken.csv"):
+        with pytest.raises(OSError) as raised:
+            write_text(str(path), "a,b\n")
+        assert raised.value.filename == str(path)  # not its temporary file
+    assert sorted(os.listdir(tmp_path)) == ["taken.csv"] and os.listdir(tmp_path / "taken.csv") == []
+
+
 def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_path):
     saved = tmp_path / "saved"
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=bb",
