@@ -30,6 +30,7 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import yaml
 
@@ -230,7 +231,8 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             param_space=param_space(search),
             tune_config=tune.TuneConfig(metric="valid_score", mode="max", scheduler=scheduler,
                                         search_alg=_search_algorithm(search), num_samples=search["num_samples"]),
-            run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=1 if sys.stdout.isatty() else 0),
+            run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=1 if sys.stdout.isatty() else 0,
+                                     callbacks=[] if sys.stdout.isatty() else [_trial_lines(trial_count(search))]),
         )
         started = time.time()
         grid = tuner.fit()
@@ -238,6 +240,38 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     finally:
         ray.shutdown()
     return summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best)
+
+
+def trial_count(search):
+    """Trials a search runs: ``num_samples`` times every combination of its ``grid`` entries."""
+    grid = [len(spec["grid"]) for spec in search["space"].values() if "grid" in spec]
+    return search["num_samples"] * int(np.prod(grid))
+
+
+def _trial_lines(total):
+    """A Ray callback printing one plain line per finished trial: Ray's own status table needs a terminal, and a
+    search in a log file would otherwise say nothing for hours."""
+    from ray.tune import Callback
+
+    class TrialLines(Callback):
+        def __init__(self):
+            self.started = time.time()
+
+        def _line(self, trials, trial, text):
+            finished = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
+            print(f"[{finished}/{total} trials, {(time.time() - self.started) / 60:.0f} min] {text}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            how = ("ran to its selection" if result.get("phase") == "done" else
+                   f"stopped by the scheduler after {result.get('phase')} epoch {result.get('epoch')}")
+            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.config.items())
+            self._line(trials, trial, f"{params}: valid {result.get('valid_score', float('nan')):.4f}, {how}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trials, trial, f"trial {trial.trial_id} failed (its error is in the search folder)")
+
+    return TrialLines()
 
 
 def check_local_resources(resources, address):

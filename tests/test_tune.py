@@ -71,9 +71,11 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_local_search_selects_on_valid_and_writes_a_usable_best_yaml(tiny_root, tmp_path):
+def test_local_search_selects_on_valid_and_writes_a_usable_best_yaml(tiny_root, tmp_path, capsys):
     search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}, "n_layers": {"choice": [1, 2]}})
     out = tune_model("ACMR", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path))
+    progress = [line for line in capsys.readouterr().out.splitlines() if " trials, " in line]
+    assert [line.split()[0] for line in progress] == ["[1/2", "[2/2"]  # a plain line per trial, not a terminal
     trials = read_csv(os.path.join(out, "trials.csv"))
     epochs = read_csv(os.path.join(out, "epochs.csv"))
     assert len(trials) == 2
