@@ -11,6 +11,7 @@ held come after all others. A known user is scored as the model was trained, fro
 user's valid and test items are held out of its input (give them in a history to use them).
 """
 
+import collections
 import csv
 import json
 import os
@@ -202,6 +203,10 @@ def recommend(run, users=None, k=10, keep_known=False):
     _check_k(k)
     ids = _user_ids(run, market_users(run) if users is None else list(users))
     dataset = run.dataset
+    repeated = sorted(int(u) for u, n in collections.Counter(int(u) for u in ids).items() if n > 1)
+    if repeated:  # a repeat (a token and its raw id, say) would get a second, differently masked list
+        raise CrossMarketError(f"user {dataset.id2token(dataset.uid_field, repeated[0])!r} is given more than once "
+                               "(as a token or a raw id); give each user once")
     known = torch.zeros(len(ids), dataset.item_num, dtype=torch.bool)
     if not keep_known:
         feat = dataset.inter_feat

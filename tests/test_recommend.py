@@ -99,6 +99,7 @@ def test_a_new_users_items_are_excluded_and_other_markets_served(runs, model):
 @pytest.mark.parametrize("call, message", [
     (lambda r: recommend(r, ["nobody"]), "unknown user(s) 'nobody'"),
     (lambda r: recommend(r, ["aa_u1"]), "is not a user of the run's target market 'bb'"),
+    (lambda r: recommend(r, ["bb_u0", "u0"]), "user 'bb_u0' is given more than once"),
     (lambda r: recommend(r, k=0), "k must be an integer >= 1"),
     (lambda r: recommend_histories(r, {"x": ["i1", "zz"]}), "unknown item(s) 'zz'"),
     (lambda r: recommend_histories(r, {"x": []}), "new user 'x' has an empty history"),
