@@ -60,8 +60,17 @@ def load_run(run_dir):
     if checkpoint_file is None:
         raise CrossMarketError(f"run folder {run_dir} has no checkpoint ({', '.join(CHECKPOINTS)}); "
                                "a comparison grid keeps its runs' checkpoints in <out>/runs/")
-    with open(config_file) as f:
-        saved = json.load(f)
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CrossMarketError(f"{config_file} is not valid JSON ({err}); a run folder's config.json is written by "
+                               "run_recbole_cmr.py: rerun the model, or restore the file") from None
+    missing = [k for k in ("model", "dataset", "target_market", "data_path")
+               if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise CrossMarketError(f"{config_file} lacks {', '.join(missing)}; a run folder's config.json is written "
+                               "by run_recbole_cmr.py: rerun the model, or restore the file")
     config_dict = {k: v for k, v in saved.items() if k not in DERIVED_KEYS}
     config_dict["state"] = "WARNING"
     negatives = saved.get("train_neg_sample_args")

@@ -123,7 +123,7 @@ def test_sequential_models_take_the_history_in_order(runs):
     assert len(first) == 3 and [r["score"] for r in first] != [r["score"] for r in second]
 
 
-def test_a_foreign_or_missing_checkpoint_is_refused(runs, tmp_path):
+def test_a_foreign_or_missing_checkpoint_or_a_broken_config_is_refused(runs, tmp_path):
     forged = tmp_path / "forged"
     shutil.copytree(runs["BPR"], forged)
     other = torch.load(os.path.join(runs["ACMR"], "finetune.pth"), weights_only=True)
@@ -135,6 +135,12 @@ def test_a_foreign_or_missing_checkpoint_is_refused(runs, tmp_path):
         load_run(str(forged))
     with pytest.raises(CrossMarketError, match="is not a run folder"):
         load_run(str(tmp_path))
+    shutil.copy(os.path.join(runs["BPR"], "train.pth"), forged / "train.pth")
+    for text, message in (("{not json", "is not valid JSON"), ("[1, 2]", "lacks model, dataset"),
+                          ('{"model": "BPR"}', "lacks dataset, target_market, data_path")):
+        (forged / "config.json").write_text(text)
+        with pytest.raises(CrossMarketError, match=message):
+            load_run(str(forged))
 
 
 def _cli(*args, cwd):
