@@ -17,12 +17,14 @@ under the same protocol; one that keeps its last epoch (FOREC) serves every
 protocol.
 """
 
+import csv
 import glob
 import hashlib
 import json
 import os
 import shutil
 import time
+import zipfile
 
 import numpy as np
 import torch
@@ -121,6 +123,25 @@ def pretrained_name(cell, protocol, config_file_list, config_dict):
     return f"{model}-{market.lower()}-seed{seed}-{selection}-{digest}.pth"
 
 
+def read_grid_rows(results):
+    """A grid's ``results.csv`` (no rows if absent), refused whole if a column or a value cannot be the grid's."""
+    try:
+        rows = read_csv_rows(results)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise CrossMarketError(f"{results} cannot be read ({err}); restore it, or choose another --out") from None
+    for line, row in enumerate(rows, 2):
+        missing = [f for f in FIELDS if row.get(f) in (None, "")]
+        if missing:
+            raise CrossMarketError(f"{results}: line {line} has no {', '.join(missing)}; restore the file, or delete "
+                                   "the line to run its cell again")
+        try:
+            [float(row[m]) for m in (*METRICS, "mrr@10", "seconds")] + [int(row["seed"])]
+        except ValueError:
+            raise CrossMarketError(f"{results}: line {line} holds a value that is not a number; restore the file, "
+                                   "or delete the line to run its cell again") from None
+    return rows
+
+
 def check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir=None):
     """Cells in one folder must share their settings, or resuming would mix two grids in one table.
 
@@ -136,8 +157,13 @@ def check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir=None):
                                      sort_keys=True, default=str))
     path = os.path.join(out_dir, "settings.json")
     if os.path.exists(path):
-        with open(path) as f:
-            recorded = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                recorded = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CrossMarketError(f"{path} cannot be read ({err}); restore it, or choose another --out") from None
+        if not isinstance(recorded, dict) or not {"config", "config_files"} <= set(recorded):
+            raise CrossMarketError(f"{path} is not a grid's settings file; restore it, or choose another --out")
         if recorded != settings:
             changed = sorted(k for k in set(recorded["config"]) | set(settings["config"])
                              if recorded["config"].get(k) != settings["config"].get(k))
@@ -215,8 +241,12 @@ def paired_test(out_dir, rows, a_label, b_label, market, protocol, metric="ndcg@
         path = os.path.join(out_dir, "per_user", _cell_name(cells[(label, seed)]) + ".npz")
         if not os.path.exists(path):
             return None
-        data = np.load(path)
-        return data["user_id"], data[f"{protocol}/{metric}"]
+        try:
+            data = np.load(path)
+            return data["user_id"], data[f"{protocol}/{metric}"]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            raise CrossMarketError(f"per-user file {path} cannot be read ({type(err).__name__}); delete it and its "
+                                   "cell's lines in results.csv to run the cell again") from None
 
     a, b = [], []
     for seed in sorted({seed for label, seed in cells if label == a_label} & {seed for label, seed in cells
@@ -323,7 +353,7 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
             raise CrossMarketError(f"{flag} {folder} is a file; give a folder (it is created if missing)")
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
-    rows = read_csv_rows(results)
+    rows = read_grid_rows(results)
     if rows and any(r["selected_on"] != protocol for r in rows):
         raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
     check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir)

@@ -108,3 +108,25 @@ def test_two_phase_pretraining_is_reused_where_the_protocol_allows(tiny_root, tm
         return [{k: v for k, v in r.items() if k != "seconds"} for r in rows if r["label"] == "FOREC"]
 
     assert forec_metrics("market-again") == forec_metrics("market")
+
+
+def test_a_damaged_grid_folder_gives_one_error_naming_the_file(tiny_root, tmp_path):
+    out = str(tmp_path / "cmp")
+    grid = (["Pop", "EASE"], ["bb"], [1], "market", ["single"], out, tiny_dict(tiny_root))
+    compare(*grid, references=("EASE (single)",))
+    kept = {name: open(os.path.join(out, name), "rb").read() for name in ("settings.json", "results.csv")}
+    for name, text, message in (("settings.json", "{oops", "settings.json cannot be read"),
+                                ("settings.json", "[]", "is not a grid's settings file"),
+                                ("results.csv", "label,model\nPop,Pop\n", "line 2 has no scope"),
+                                ("results.csv", kept["results.csv"].decode().replace("0.", "x.", 1), "not a number")):
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text)
+        with pytest.raises(CrossMarketError, match=message):
+            compare(*grid, references=("EASE (single)",))
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(kept[name])
+    per_user = os.path.join(out, "per_user", "Pop-single-bb-1.npz")
+    with open(per_user, "wb") as f:
+        f.write(b"junk")
+    with pytest.raises(CrossMarketError, match="per-user file .*Pop-single-bb-1.npz cannot be read"):
+        markdown(read_csv_rows(os.path.join(out, "results.csv")), out, "market", references=("EASE (single)",))
