@@ -309,10 +309,14 @@ def check_search_folder(out_dir, settings):
         raise CrossMarketError(f"{out_dir} holds a finished search (summary.md); choose another --out")
     if not os.path.exists(recorded_path) or not os.path.isdir(os.path.join(out_dir, "ray")):
         raise CrossMarketError(f"{out_dir} exists but holds no search to resume; choose another --out")
-    with open(recorded_path) as f:
-        if json.load(f) != settings:
-            raise CrossMarketError(f"{out_dir} holds a search with other settings (see {recorded_path}); resume it "
-                                   "with the same search file and overrides, or choose another --out")
+    try:
+        with open(recorded_path, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CrossMarketError(f"{recorded_path} cannot be read ({err}); restore it, or choose another --out") from None
+    if recorded != settings:
+        raise CrossMarketError(f"{out_dir} holds a search with other settings (see {recorded_path}); resume it "
+                               "with the same search file and overrides, or choose another --out")
     return True
 
 

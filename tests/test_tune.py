@@ -137,6 +137,11 @@ def test_an_interrupted_search_resumes_in_its_folder_and_other_settings_are_refu
     with pytest.raises(CrossMarketError, match="holds a search with other settings"):
         tune_model("Pop", "bb", search, config_dict={**tiny_dict(tiny_root, tmp_path), "weight_decay": 0.01},
                    out_dir=out)
+    recorded = open(os.path.join(out, "search.json")).read()
+    open(os.path.join(out, "search.json"), "w").write("{damaged")
+    with pytest.raises(CrossMarketError, match="search.json cannot be read"):
+        tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
+    open(os.path.join(out, "search.json"), "w").write(recorded)
     tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
     again = read_csv(os.path.join(out, "trials.csv"))
     assert sorted((t["learning_rate"], t["valid_score"]) for t in again) == sorted(
