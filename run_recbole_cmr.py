@@ -35,7 +35,8 @@ def parse_args(argv):
     parser.add_argument("--market", default=None,
                         help="target market, case-insensitive (default: target_market of the config, IN); "
                         "--recommend: the market of new users")
-    parser.add_argument("--dataset", "-d", default="xmarket", help="dataset name under data_path (default xmarket)")
+    parser.add_argument("--dataset", "-d", default=None,
+                        help="dataset name under data_path (default: the config files' dataset, else xmarket)")
     parser.add_argument("--protocol", default=None, help="evaluation protocol: market (default), full, paper "
                         "or one registered in recbole_cmr.data.protocol")
     parser.add_argument("--test_protocols", default=None,
@@ -202,7 +203,7 @@ def _main(parser, args, unknown):
 
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     overrides = config_overrides(parser, unknown, files)
-    config_dict = {**overrides, "dataset": args.dataset}
+    config_dict = {**overrides, **({"dataset": args.dataset} if args.dataset else {})}
     check_overrides_fit(overrides, name_list(args.models or "ACMR,Pop,EASE") if args.compare else [args.model],
                         files)
     tests = [p.lower() for p in name_list(args.test_protocols)] if args.test_protocols else None

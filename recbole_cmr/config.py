@@ -147,9 +147,14 @@ def typed_overrides(overrides):
 def make_config(model, market=None, config_file_list=None, config_dict=None):
     """The run's Config: plugin yaml < files < dict (< RecBole's own command-line overrides)."""
     config_dict = dict(config_dict or {})
-    config_dict.setdefault("dataset", "xmarket")
-    for path in config_file_list or []:
-        read_config_file(path)
+    files = {path: read_config_file(path) for path in config_file_list or []}
+    for path, content in files.items():
+        if "model" in content and str(content["model"]) != str(model):
+            raise CrossMarketError(f"config file {path} sets model: {content['model']}, but the run's model is "
+                                   f"{model}; drop one of them")
+    if "dataset" not in config_dict:  # a config file's dataset, else the shipped one
+        config_dict["dataset"] = next((c["dataset"] for c in reversed(list(files.values())) if "dataset" in c),
+                                      "xmarket")
     if market is not None:
         config_dict["target_market"] = str(market).lower()
     check_trainer(model)

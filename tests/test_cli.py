@@ -41,9 +41,9 @@ def test_cli_bad_input(tmp_path, args, message):
     assert not (tmp_path / "saved").exists() or os.listdir(tmp_path / "saved") == []
 
 
-def test_a_config_files_target_market_is_used_when_no_market_flag_is_given(tiny_root, tmp_path, capsys):
-    (tmp_path / "cc.yaml").write_text("target_market: cc\n")
-    common = ["--model=Pop", "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path / 'saved'}",
+def test_a_config_files_market_and_dataset_are_used_when_no_flag_is_given(tiny_root, tmp_path, capsys):
+    (tmp_path / "cc.yaml").write_text("target_market: cc\ndataset: tiny\n")
+    common = ["--model=Pop", f"--data_path={tiny_root}", f"--checkpoint_dir={tmp_path / 'saved'}",
               "--eval_neg_num=15", f"--config_files={tmp_path / 'cc.yaml'}"]
     assert main(common) == 0
     assert json.load(open(os.path.join(capsys.readouterr().out.split("run directory: ")[1].strip(),

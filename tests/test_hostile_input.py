@@ -196,6 +196,7 @@ def test_k_is_itemknns_setting_outside_recommend(tiny_root, tmp_path, capsys):
 
 @pytest.mark.parametrize("content, message", [
     ("", "holds nothing"), ("- 1\n- 2\n", "holds a list"), (None, "is a folder"), ("a: [\n", "is not valid yaml"),
+    ("model: EASE\n", "sets model: EASE, but the run's model is Pop"),  # RecBole would ignore the file's
 ])
 def test_bad_config_files(tmp_path, capsys, content, message):
     path = tmp_path / "conf.yaml"
