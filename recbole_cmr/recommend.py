@@ -262,8 +262,11 @@ def read_histories(path):
     """New users' histories from a CSV file with a header naming ``user`` and ``item`` (comma or tab separated)."""
     if not os.path.isfile(path):
         raise CrossMarketError(f"history file {path} does not exist; give a CSV file with a 'user,item' header")
-    with open(path, newline="") as f:
-        text = f.read()
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a byte-order mark is not part of the header
+            text = f.read()
+    except UnicodeDecodeError as err:
+        raise CrossMarketError(f"history file {path} is not UTF-8 text ({err}); save it as UTF-8") from None
     delimiter = "\t" if "\t" in text.partition("\n")[0] else ","
     lines = list(csv.reader(text.splitlines(), delimiter=delimiter))
     header = [h.strip().lower() for h in lines[0]] if lines else []

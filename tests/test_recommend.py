@@ -13,7 +13,14 @@ import torch
 
 from recbole_cmr.data.protocol import eval_dataloaders
 from recbole_cmr.quick_start import run
-from recbole_cmr.recommend import _known_user_scores, load_run, market_users, recommend, recommend_histories
+from recbole_cmr.recommend import (
+    _known_user_scores,
+    load_run,
+    market_users,
+    read_histories,
+    recommend,
+    recommend_histories,
+)
 from recbole_cmr.trainer import get_trainer
 from recbole_cmr.utils import CrossMarketError
 
@@ -184,6 +191,11 @@ def test_history_file_with_a_bad_row_names_its_line(runs, tmp_path):
     (tmp_path / "bad.csv").write_text("user,item\nx,i20\nx,\n")
     out = _cli("--recommend", runs["EASE"], "--histories", "bad.csv", cwd=tmp_path)
     assert out.returncode == 2 and "bad.csv line 3" in out.stderr, out.stderr
+    (tmp_path / "latin.csv").write_bytes(b"user,item\nx,i2\xe9\n")
+    with pytest.raises(CrossMarketError, match="is not UTF-8 text"):
+        read_histories(str(tmp_path / "latin.csv"))
+    (tmp_path / "bom.csv").write_bytes("\ufeffuser,item\nx,i20\n".encode())  # as spreadsheets save it
+    assert read_histories(str(tmp_path / "bom.csv")) == {"x": ["i20"]}
 
 
 @pytest.mark.parametrize("model", ["ACMR", "EASE", "SASRec"])
