@@ -132,11 +132,15 @@ def _busy_cores_of_other_processes(window=0.25):
 
 
 def choose_threads(setting):
-    """torch threads for a run: ``auto`` takes the cores other processes leave idle (at least one), because
-    torch's threads beside another busy process run several times slower than one thread."""
+    """torch threads for a run: ``auto`` takes the cores other processes leave idle (at least one, at most
+    ``OMP_NUM_THREADS`` where that is set), because torch's threads beside another busy process run several
+    times slower than one thread."""
     if setting != "auto":
         return int(setting)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if limit.isdigit() and int(limit) >= 1:  # e.g. a job given one core beside others
+        cores = min(cores, int(limit))
     try:
         busy = _busy_cores_of_other_processes()
     except (OSError, ValueError):  # no /proc/stat: torch's default

@@ -1,15 +1,18 @@
 """RecBole built-ins on the cross-market split, and the stack breakages we handle."""
 
+import os
+
 import pytest
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
+from recbole_cmr import utils
 from recbole_cmr.data.dataset import CrossMarketDataset
 from recbole_cmr.data.protocol import data_preparation
 from recbole_cmr.quick_start import run
 from recbole_cmr.trainer import get_trainer
-from recbole_cmr.utils import get_model
+from recbole_cmr.utils import choose_threads, get_model
 
 
 def tiny_run(tiny_root, tmp_path, model, **overrides):
@@ -72,6 +75,16 @@ def test_model_lookup_keeps_autograd_anomaly_detection_as_it_was():
         assert torch.is_anomaly_enabled()
     finally:
         torch.autograd.set_detect_anomaly(False)
+
+
+def test_auto_threads_take_idle_cores_up_to_omp_num_threads(monkeypatch):
+    monkeypatch.setattr(utils, "_busy_cores_of_other_processes", lambda: 0.0)  # an idle machine
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert choose_threads("auto") == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert choose_threads("auto") == 1
+    assert choose_threads(3) == 3  # a number is taken as given
 
 
 def test_checkpoints_load_with_weights_only(tiny_config, tmp_path):
