@@ -30,7 +30,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from recbole_cmr.compare import compare, mean_text
+from recbole_cmr.compare import REFERENCES, compare, mean_text
 from recbole_cmr.utils import read_csv_rows, write_text
 
 MODELS = ("ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,WideDeep,LightGCN,SASRec,BERT4Rec,FOREC,MANeuMF,M3Rec,CoNet,DDTCDR,MMoE,"
@@ -38,7 +38,6 @@ MODELS = ("ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,WideDeep,LightGCN,SASRec,BERT4Rec,FOR
 SETTINGS = {"epochs": 50, "stopping_step": 5}
 MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
 PROTOCOL_ORDER = ("market", "full", "paper")  # the sound ones first
-REFERENCES = ("ACMR", "CMRanker")  # each tested against the best other model per market
 
 
 def summary(out_dir, metric="ndcg@10"):

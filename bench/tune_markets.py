@@ -25,7 +25,7 @@ import warnings
 
 import yaml
 
-from recbole_cmr.compare import compare
+from recbole_cmr.compare import REFERENCES, compare
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
 from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_text
@@ -102,7 +102,7 @@ def main(argv=None):
     models, markets = args.models.split(","), [m.lower() for m in args.markets.split(",")]
     tuned = os.path.join(args.results, "tune")
     if args.rerun:
-        from compare_markets import REFERENCES, summary
+        from compare_markets import summary
 
         groups = {"Pop": ["single", "++"]}  # compare gives one list of scopes to all its built-ins: one call per list
         for model, scope, _, _ in searches(models, markets[:1]):

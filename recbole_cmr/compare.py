@@ -49,6 +49,8 @@ FIELDS = ["label", "model", "scope", "market", "seed", "selected_on", "protocol"
 
 #: Models without hyper-parameters: a tuned grid runs them as they are, beside the tuned ones.
 NOTHING_TO_TUNE = ("Pop",)
+#: The cross-market models a grid tests, each against the best other model per market (Wilcoxon).
+REFERENCES = ("ACMR", "CMRanker")
 
 
 def plan(models, markets, seeds, protocol, scopes, config_file_list, config_dict, tuned_dir=None):
@@ -278,7 +280,7 @@ def mean_text(values, best, n_seeds):
     return text + (f" ({len(values)} of {n_seeds} seeds)" if len(values) < n_seeds else "")
 
 
-def markdown(rows, out_dir, protocol, references=("ACMR",)):
+def markdown(rows, out_dir, protocol, references=REFERENCES):
     """Tables of the test metrics measured under ``protocol``; each of ``references`` (labels) is tested
     against the best other model per market."""
     test = [r for r in rows if r["split"] == "test" and r["protocol"] == protocol]
@@ -332,7 +334,7 @@ def markdown(rows, out_dir, protocol, references=("ACMR",)):
 
 
 def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
-            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None, references=("ACMR",)):
+            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None, references=REFERENCES):
     """Run (or resume) the grid; returns the output directory.
 
     Every cell selects on valid under ``protocol`` and is tested under ``protocol`` and each of
