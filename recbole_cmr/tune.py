@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -234,9 +235,8 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=1 if sys.stdout.isatty() else 0,
                                      callbacks=[] if sys.stdout.isatty() else [_trial_lines(trial_count(search))]),
         )
-        started = time.time()
-        grid = tuner.fit()
-        _add_search_seconds(out_dir, time.time() - started)
+        with SearchClock(out_dir):
+            grid = tuner.fit()
     finally:
         ray.shutdown()
     return summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best)
@@ -287,11 +287,40 @@ def check_local_resources(resources, address):
                                "a cluster with GPUs with --ray_address")
 
 
-def _add_search_seconds(out_dir, seconds):
-    """Wall seconds of the search, summed over its sessions when it was resumed."""
-    path = os.path.join(out_dir, "search_seconds.txt")
-    before = float(open(path).read()) if os.path.exists(path) else 0.0
-    write_text(path, f"{before + seconds:.1f}\n")
+class SearchClock:
+    """Keeps ``search_seconds.txt`` (wall seconds, summed over the sessions of a resumed search) current while a
+    search runs, from a thread of its own, so a session that is killed still counts up to its last half minute."""
+
+    def __init__(self, out_dir, every_s=30.0):
+        self.path = os.path.join(out_dir, "search_seconds.txt")
+        self.before = float(open(self.path).read()) if os.path.exists(self.path) else 0.0
+        self.every_s = every_s
+        self.stop = threading.Event()
+
+    def write(self):
+        write_text(self.path, f"{self.before + time.time() - self.started:.1f}\n")
+
+    def _tick(self):
+        while not self.stop.wait(self.every_s):
+            self.write()
+
+    def __enter__(self):
+        self.started = time.time()
+        self.thread = threading.Thread(target=self._tick, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.write()
+
+
+def _trial_number(result, position):
+    """A trial's number as Ray names its folder (``..._00007``), which a resumed search keeps."""
+    trial_id = str((result.metrics or {}).get("trial_id", ""))
+    suffix = trial_id.rsplit("_", 1)[-1]
+    return int(suffix) if "_" in trial_id and suffix.isdigit() else position
 
 
 def check_search_folder(out_dir, settings):
@@ -331,7 +360,8 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
     """Write trials, per-epoch valid metrics, the sorted summary, best.yaml and the best model's test metrics."""
     names = list(search["space"])
     trials, epochs = [], []
-    for i, result in enumerate(grid):
+    for position, result in enumerate(grid):
+        i = _trial_number(result, position)
         history = result.metrics_dataframe
         per_epoch = history[history["phase"] != "done"] if history is not None else []
         for _, row in (per_epoch.iterrows() if len(per_epoch) else []):

@@ -1,16 +1,18 @@
 """Ray Tune searches on a real local Ray instance and a real two-node Ray cluster."""
 
 import csv
+import glob
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import ray
 import yaml
 
-from recbole_cmr.tune import tune_model
+from recbole_cmr.tune import SearchClock, tune_model
 from recbole_cmr.utils import CrossMarketError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +89,9 @@ def test_local_search_selects_on_valid_and_writes_a_usable_best_yaml(tiny_root, 
     finetune_scores = [float(e["valid_score"]) for e in epochs
                        if e["trial"] == best["trial"] and e["phase"] == "finetune"]
     assert float(best["valid_score"]) == pytest.approx(max(finetune_scores))
+    for trial in trials:  # numbered as Ray names the trial's folder, which a resumed search keeps
+        folder, = glob.glob(os.path.join(out, "ray", f"*_{int(trial['trial']):05d}_*"))
+        assert json.load(open(os.path.join(folder, "params.json")))["learning_rate"] == float(trial["learning_rate"])
     best_yaml = yaml.safe_load(open(os.path.join(out, "best.yaml")))
     assert best_yaml["learning_rate"] == float(best["learning_rate"])
     assert best_yaml["n_layers"] == int(best["n_layers"])
@@ -176,3 +181,12 @@ def test_a_tuned_comparison_runs_each_cell_with_its_searchs_selection(tiny_root,
     assert sorted(runs) == ["EASE", "Pop"]
     with pytest.raises(CrossMarketError, match="the tuned configurations"):
         compare(["EASE"], ["bb"], [2], "market", ["single"], cmp, grid_dict)
+
+
+def test_the_search_clock_is_on_disk_while_the_search_runs(tmp_path):
+    (tmp_path / "search_seconds.txt").write_text("100.0\n")  # an earlier session of the same search
+    with SearchClock(str(tmp_path), every_s=0.05):
+        time.sleep(0.3)
+        during = float((tmp_path / "search_seconds.txt").read_text())  # what a killed session leaves
+    after = float((tmp_path / "search_seconds.txt").read_text())
+    assert 100.0 < during <= after and after >= 100.3
