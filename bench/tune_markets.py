@@ -4,16 +4,16 @@ selected configurations rerun on three seeds and tested under every protocol.
     python bench/tune_markets.py --markets IN,JP,DE                       # the searches (resumable)
     python bench/tune_markets.py --markets IN,JP,DE --rerun --seeds 2020,2021,2022
 
-Budget, the same for every model: the 20 trials of its search file in ``props/tune/`` (random search),
-ASHA on valid NDCG@5 under ``market`` with a grace period of one epoch for trained models (closed-form
-ones fit once), one CPU and one torch thread per trial, two trials at a time on a 2-core machine, and the
-grid's epoch cap (50 per phase) and patience (5). EASE and ItemKNN are searched in both scopes; for the
-other built-ins the scope (``train_markets``: target or all) is a searched parameter; cross-market
-models train as their yaml says. Each search lands in ``bench/results/tune/<model>-<scope>-<market>/``
-(trials, per-epoch scores, ``best.yaml``, its wall and CPU minutes); a search that is interrupted resumes
-when the command is run again, a finished one is skipped. ``--rerun`` runs the grid of the selected
-configurations, with Pop (nothing to tune) beside them, into ``bench/results/compare-tuned/`` with
-``compare_markets.py``'s table.
+Budget, the same for every model: the 20 trials of its search file in ``props/tune/`` (random search), ASHA
+on valid NDCG@5 under ``market`` with a grace period of one pass over all markets' training rows for trained
+models (closed-form ones fit once), one CPU and one torch thread per trial, two trials at a time on a 2-core
+machine, and the grid's epoch cap (50 per phase) and patience (5). EASE and ItemKNN are searched in both
+scopes; for the other built-ins the scope (``train_markets``: target or all) is a searched parameter;
+cross-market models train as their yaml says. Each search lands in
+``bench/results/tune/<model>-<scope>-<market>/`` (trials, per-epoch scores, ``best.yaml``, its wall and CPU
+minutes); a search that is interrupted resumes when the command is run again, a finished one is skipped.
+``--rerun`` runs the grid of the selected configurations, with Pop (nothing to tune) beside them, into
+``bench/results/compare-tuned/`` with ``compare_markets.py``'s table.
 """
 
 import argparse

@@ -127,6 +127,7 @@ class CrossMarketRun:
         self.per_user_test = {}  # protocol -> metric -> per-user test values of the last evaluated phase
         self.trained_items = torch.zeros(self.dataset.item_num, dtype=torch.bool)  # over every phase so far
         self.learning_curves = []  # one row per epoch of every phase: training loss and valid metrics
+        self.data_passes = 0.0  # training so far, in passes over every market's training rows
 
     def _split_summary(self):
         train, valid, test = self.built
@@ -151,12 +152,15 @@ class CrossMarketRun:
             trainer.epochs = min(trainer.epochs, int(self.config["pretrain_max_epochs"]))
             trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
-        callback = (lambda epoch, score: self.callback_fn(phase, epoch, score)) if self.callback_fn else None
+        share, before = len(train_data.dataset) / max(1, len(self.dataset.history_dataset)), self.data_passes
+        callback = (lambda epoch, score: self.callback_fn(phase, epoch, score, before + (epoch + 1) * share)
+                    ) if self.callback_fn else None
         # RecBole's fit without valid data keeps the last epoch's checkpoint
         valid_data = None if phase == "pretrain" and not self.config["pretrain_valid"] else self.valid_data
         trainer.fit(train_data, valid_data, saved=True, show_progress=progress_bars(self.config["show_progress"]),
                     callback_fn=callback)
         self._record_curve(phase, trainer.epoch_history)
+        self.data_passes = before + len(trainer.epoch_history) * share
         return trainer
 
     def _record_curve(self, phase, history):
@@ -255,7 +259,9 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
 
     ``test_protocols``: protocols to test the selected model under besides the configured one;
     an empty list computes no test metric at all (hyper-parameter searches).
-    ``callback_fn(phase, epoch, valid_score)`` is called after every validation.
+    ``callback_fn(phase, epoch, valid_score, data_passes)`` is called after every validation; ``data_passes`` is
+    the run's training so far in passes over every market's training rows (an epoch on the target market
+    alone is a small fraction of one), which is what a search's early stopping compares trials by.
     ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
     """
     if phase not in PHASES:

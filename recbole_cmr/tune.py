@@ -7,7 +7,7 @@ A search file (yaml, see ``props/tune/``)::
     search: random            # random (also runs grid entries) | hyperopt | optuna
     num_samples: 8            # samples of the random/hyperopt/optuna part
     scheduler: asha           # asha (stops bad trials early) | fifo
-    grace_period: 1           # asha: epochs every trial gets
+    grace_period: 1           # asha: training every trial gets, in passes over all markets' training rows
     resources_per_trial: {cpu: 1, gpu: 0}
     fixed: {epochs: 5}        # config for every trial
     space:                    # one distribution per parameter
@@ -18,7 +18,10 @@ A search file (yaml, see ``props/tune/``)::
       max_history_len: {randint: [20, 61]}
 
 Every trial reports its valid metric after each epoch of each phase (so ASHA
-can stop it), and never computes a test metric. After the search the best
+can stop it), and never computes a test metric. ASHA measures a trial's training in
+passes over every market's training rows, not in epochs: an epoch on a small target
+market alone is a few gradient steps, and judging it after one such epoch would stop
+every target-only trial before it learnt anything. After the search the best
 configuration is written as ``best.yaml`` (usable with ``--config_files``) and
 run once more in the driver with test metrics. A search given its folder (``--out``) again
 resumes where it was interrupted: finished trials are kept, unfinished ones run again.
@@ -78,10 +81,10 @@ def load_search(path):
                                f"{', '.join(m.upper() for m in REPORTED_METRICS)}, got {search['metric']!r}")
     if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
         raise CrossMarketError(f"search file {path}: num_samples must be an integer >= 1")
-    if not isinstance(search["grace_period"], int) or isinstance(search["grace_period"], bool) \
-            or search["grace_period"] < 1:
-        raise CrossMarketError(f"search file {path}: grace_period must be an integer >= 1 (epochs before ASHA may "
-                               f"stop a trial), got {search['grace_period']!r}")
+    if not isinstance(search["grace_period"], (int, float)) or isinstance(search["grace_period"], bool) \
+            or not search["grace_period"] > 0:
+        raise CrossMarketError(f"search file {path}: grace_period must be a number > 0 (passes over all markets' "
+                               f"training rows before ASHA may stop a trial), got {search['grace_period']!r}")
     if not isinstance(search["fixed"], dict):
         raise CrossMarketError(f"search file {path}: fixed must map config keys to values, got {search['fixed']!r}")
     resources = search["resources_per_trial"]
@@ -167,8 +170,11 @@ def make_trainable(model, market, config_files, config_dict):
 
         started = time.process_time()  # CPU seconds of this trial's process, whatever else the machine runs
 
-        def report(phase, epoch, score):
-            session.report({"valid_score": score, "phase": phase, "epoch": epoch,
+        passes = [0.0]
+
+        def report(phase, epoch, score, data_passes):
+            passes[0] = data_passes
+            session.report({"valid_score": score, "phase": phase, "epoch": epoch, "data_passes": data_passes,
                             "cpu_s": time.process_time() - started})
 
         trial_dict = {**config_dict, **params, "checkpoint_dir": os.path.abspath("checkpoints"), "state": "WARNING",
@@ -176,7 +182,7 @@ def make_trainable(model, market, config_files, config_dict):
         _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report)
         final = rows[-1]
         session.report({"valid_score": final[config_dict["valid_metric"].lower()], "phase": "done",
-                        "epoch": -1, "cpu_s": time.process_time() - started,
+                        "epoch": -1, "data_passes": passes[0], "cpu_s": time.process_time() - started,
                         **{f"valid_{m}": final[m] for m in REPORTED_METRICS}})
 
     return trainable
@@ -219,7 +225,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
         ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         if search["scheduler"] == "asha":
-            scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=int(search["grace_period"]),
+            scheduler = ASHAScheduler(time_attr="data_passes", grace_period=search["grace_period"],
                                       max_t=10_000)
         else:
             scheduler = FIFOScheduler()

@@ -141,7 +141,7 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
     scores = []
     path, rows = run("ACMR", "BB", config_dict=tiny_acmr_dict(tiny_root, tmp_path, state="INFO"),
                      test_protocols=["market", "paper", "full"],
-                     callback_fn=lambda phase, epoch, score: scores.append((phase, score)))
+                     callback_fn=lambda phase, epoch, score, passes: scores.append((phase, score)))
     assert os.path.isdir(path) and not path.endswith(".incomplete")
     assert sorted(os.listdir(path)) == ["attention.png", "config.json", "finetune.pth", "item_map.png",
                                         "learning_curves.csv", "learning_curves.png", "per_user_test.npz",

@@ -12,6 +12,7 @@ import pytest
 import ray
 import yaml
 
+from recbole_cmr.quick_start import run
 from recbole_cmr.tune import SearchClock, tune_model
 from recbole_cmr.utils import CrossMarketError
 
@@ -54,7 +55,7 @@ def test_a_metric_the_trials_do_not_report_fails_before_any_trial(tiny_root, tmp
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"grace_period": 0}, "grace_period must be an integer >= 1"),
+    ({"grace_period": 0}, "grace_period must be a number > 0"),
     ({"fixed": ["epochs", 1]}, "fixed must map config keys to values"),
     ({"resources_per_trial": {"cpu": 0}}, "resources_per_trial must be"),
     ({"resources_per_trial": {"cpus": 1}}, "resources_per_trial must be"),
@@ -190,3 +191,16 @@ def test_the_search_clock_is_on_disk_while_the_search_runs(tmp_path):
         during = float((tmp_path / "search_seconds.txt").read_text())  # what a killed session leaves
     after = float((tmp_path / "search_seconds.txt").read_text())
     assert 100.0 < during <= after and after >= 100.3
+
+
+def test_trials_are_measured_in_passes_over_every_markets_training_rows(tiny_root, tmp_path):
+    passes = {}
+    for scope in ("all", "target"):
+        reports = []
+        run("BPR", "bb", config_dict={**tiny_dict(tiny_root, tmp_path), "epochs": 3, "train_markets": scope, "eval_neg_num": 20,
+                                      "state": "WARNING"}, test_protocols=[], saved=False,
+            callback_fn=lambda phase, epoch, score, data_passes: reports.append(data_passes))
+        passes[scope] = reports
+    assert passes["all"] == pytest.approx([1.0, 2.0, 3.0])  # an epoch over all markets is one pass
+    share = passes["target"][0]
+    assert 0 < share < 0.5 and passes["target"] == pytest.approx([share, 2 * share, 3 * share])
