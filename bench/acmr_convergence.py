@@ -58,14 +58,14 @@ def main(argv=None):
             if m != market:
                 continue
             cells = [market.upper(), str(seed)]
-            for phase, style in (("pretrain", "-"), ("finetune", ":")):
+            for phase in ("pretrain", "finetune"):  # both in the table, pre-training plotted
                 phase_rows = [r for r in rows if r["phase"] == phase and r.get("ndcg@5")]
                 selected = next((r for r in phase_rows if r["selected"] == "True"), None)
                 cells += [str(len(phase_rows)), str(int(selected["epoch"]) + 1) if selected else "",
                           f"{float(selected['ndcg@5']):.4f}" if selected else ""]
                 if phase == "pretrain" and phase_rows:
                     ax.plot([int(r["epoch"]) + 1 for r in phase_rows], [float(r["ndcg@5"]) for r in phase_rows],
-                            style, marker="o", markersize=3, label=f"seed {seed}")
+                            "-", marker="o", markersize=3, label=f"seed {seed}")
                     if selected:
                         ax.plot(int(selected["epoch"]) + 1, float(selected["ndcg@5"]), "k*", markersize=10)
             lines.append("| " + " | ".join(cells) + " |")

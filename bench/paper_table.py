@@ -36,7 +36,7 @@ PAPER_NDCG10 = {
 }
 
 
-def main(argv=None):
+def main():
     rows = [r for r in read_csv_rows(os.path.join(RESULTS, "compare", "results.csv")) if r["split"] == "test"]
     ours = defaultdict(list)
     for r in rows:

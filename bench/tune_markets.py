@@ -76,7 +76,7 @@ def cost_table(results):
         with open(best) as f:
             info = json.load(f)
         valid = read_csv_rows(os.path.join(results, name, "trials.csv"))[0]["valid_score"]  # selected trial first
-        # searches summarised before trials measured their CPU time recorded wall x CPUs as trial_cpu_s
+        # a best_test.json without trial_wall_cpu_s holds wall x CPUs in trial_cpu_s (no CPU time measured)
         wall_cpu = info.get("trial_wall_cpu_s", info["trial_cpu_s"])
         used = f"{info['trial_cpu_s'] / 60:.1f}" if "trial_wall_cpu_s" in info else "n/a"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

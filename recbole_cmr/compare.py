@@ -3,7 +3,7 @@
     python run_recbole_cmr.py --compare --models ACMR,Pop,EASE --markets IN,JP --seeds 1,2,3 --protocol market
 
 Built-in models run in each requested scope (``single``: target market only,
-``++``: all markets); cross-market models (ACMR, FOREC, MANeuMF, M3Rec) fix
+``++``: all markets); cross-market models (e.g. ACMR, FOREC, M3Rec, CMRanker) fix
 their own scope and run once. Every cell is one ``quick_start.run``: selected
 on valid under the grid's protocol, tested under it and any further test
 protocols (one trained model, several candidate sets). Finished cells are read
@@ -220,7 +220,8 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
 
 def _reusable_pretraining(path):
     """A cached pre-training is reused only if it records what a fine-tune needs to give the two-phase run's
-    numbers (the generators' state, the items it trained on); older or unreadable ones are pre-trained again."""
+    numbers (the generators' state, the items it trained on); ones lacking either, or unreadable, are pre-trained
+    again."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or unsafe files: replaced by a new pre-training

@@ -192,7 +192,8 @@ class CrossMarketRun:
 
     def _load_pretrained(self, path):
         checkpoint = load_checkpoint(path, self.config)
-        if "trained_items" not in checkpoint or len(checkpoint["trained_items"]) != len(self.trained_items):
+        if ("trained_items" not in checkpoint or "finetune_rng_state" not in checkpoint
+                or len(checkpoint["trained_items"]) != len(self.trained_items)):
             raise CrossMarketError(f"checkpoint {path} does not record which items its pre-training saw (written by "
                                    "an older recbole-cmr, or for other data); pre-train again")
         load_state_dict(self.model, checkpoint, path)

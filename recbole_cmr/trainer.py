@@ -241,10 +241,9 @@ def record_finetune_rng_state(path, trained_items):
 
 
 def restore_finetune_rng_state(checkpoint):
-    """Undo :func:`record_finetune_rng_state`; checkpoints written before it existed leave the state as it is."""
-    state = checkpoint.get("finetune_rng_state")
-    if state is None:
-        return
+    """Undo :func:`record_finetune_rng_state`, so a fine-tune from a saved pre-training draws what the two-phase run
+    drew."""
+    state = checkpoint["finetune_rng_state"]
     torch.set_rng_state(state["torch"])
     kind, keys, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))

@@ -197,8 +197,9 @@ def test_trials_are_measured_in_passes_over_every_markets_training_rows(tiny_roo
     passes = {}
     for scope in ("all", "target"):
         reports = []
-        run("BPR", "bb", config_dict={**tiny_dict(tiny_root, tmp_path), "epochs": 3, "train_markets": scope, "eval_neg_num": 20,
-                                      "state": "WARNING"}, test_protocols=[], saved=False,
+        settings = {**tiny_dict(tiny_root, tmp_path), "epochs": 3, "train_markets": scope, "eval_neg_num": 20,
+                    "state": "WARNING"}
+        run("BPR", "bb", config_dict=settings, test_protocols=[], saved=False,
             callback_fn=lambda phase, epoch, score, data_passes: reports.append(data_passes))
         passes[scope] = reports
     assert passes["all"] == pytest.approx([1.0, 2.0, 3.0])  # an epoch over all markets is one pass

@@ -32,7 +32,7 @@ RECOMPUTE_ATTENTION_FLOATS = 2**23
 class Dropout(nn.Dropout):
     """nn.Dropout with a cheaper mask: four 16-bit uniform draws per 64-bit random word.
 
-    On CPU the mask draw (``bernoulli_`` or ``rand_like``) was the largest cost of a
+    On CPU the mask draw of ``nn.Dropout`` (``bernoulli_``) is the largest cost of a
     training step; this keeps the distribution (drop probability within 2**-16 of p)
     at a third of the cost.
     """

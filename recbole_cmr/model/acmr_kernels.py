@@ -2,7 +2,7 @@
 
 The kernels are compiled on first use with ``torch.utils.cpp_extension`` (g++ and ninja; a minute
 once per machine, cached in torch's extension folder). Where they cannot be built,
-``acmr_fused_kernels: auto`` falls back to the PyTorch layer with one warning.
+``fused_kernels: auto`` falls back to the PyTorch layer with one warning.
 
 Same layer, same parameters, same loss: the linear maps stay PyTorch GEMMs; the attention
 core, dropout + residual + LayerNorm and ReLU + dropout run as single passes. Their dropout masks

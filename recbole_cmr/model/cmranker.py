@@ -85,7 +85,7 @@ class BaseScores:
                 "items": items, "row": np.cumsum(users) - 1, "X_own": X_own, "ease_own": _ease(X_own, self.reg_own),
                 "cooc_own": cooc_own, "cooc_others": (self.cooc_all[:, items][items] - cooc_own).tocsr(),
                 "log_pop_own": np.log1p(np.asarray(X_own.sum(0)).ravel()),
-                # the market's columns, cut once: cutting them per batch of users dominated full ranking
+                # the market's columns, cut once: cutting them per batch of users would dominate full ranking
                 "ease_all": np.ascontiguousarray(self.ease_all[:, items]), "gfcf": self.gfcf[:, items].tocsr(),
                 "log_pop_all": self.log_pop_all[items], "markets_selling": self.markets_selling[items]}
         return self.markets[market]
@@ -191,7 +191,7 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
         for market in np.unique(user_market[users]):
             items = target_items if market == self.target else np.unique(X[user_market == market].indices)
             items = np.union1d(items, [held_out[int(u)] for u in users[user_market[users] == market]])
-            part = scores.for_market(market, items)
+            scores.for_market(market, items)
             column = {int(item): c for c, item in enumerate(items)}
             market_users = users[user_market[users] == market]
             for start in range(0, len(market_users), 256):
@@ -207,7 +207,6 @@ class CMRanker(CrossMarketModel, GeneralRecommender):
                     features.append(block[row, np.r_[positive, drawn]][:, self.kept])
                     labels.append(np.r_[1, np.zeros(len(drawn), dtype=np.int64)])
                     groups.append(1 + len(drawn))
-            del part
         return np.concatenate(features), np.concatenate(labels), np.array(groups)
 
     def write_pictures(self, dataset, folder, title, seed):
