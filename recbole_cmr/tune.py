@@ -355,8 +355,8 @@ def check_search_folder(out_dir, settings):
     return True
 
 
-def _last(history, column):
-    """A trial's last reported value of ``column`` (NaN if it reported none)."""
+def _total(history, column):
+    """A trial's running total ``column`` at its last report: the largest value it reported (NaN if none)."""
     if history is None or column not in history or history[column].isna().all():
         return float("nan")
     return round(float(history[column].max()), 1)
@@ -379,7 +379,7 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
                        "valid_score": float(done["valid_score"].iloc[-1]) if finished else float("nan"),
                        "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,
-                       "seconds": _last(history, "time_total_s"), "cpu_seconds": _last(history, "cpu_s"),
+                       "seconds": _total(history, "time_total_s"), "cpu_seconds": _total(history, "cpu_s"),
                        "error": str(result.error)[:200] if result.error else ""})
     # a trial counts by the valid score of the model its run selects (for ACMR: the fine-tuned one),
     # so only finished trials compete; ASHA compared per-epoch scores along the way
