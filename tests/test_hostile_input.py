@@ -235,7 +235,10 @@ def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_
                              "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}",
                              "--epochs=100000", "--pretrain_max_epochs=100000", "--stopping_step=100000",
                              "--embedding_size=8", "--n_heads=2", "--n_layers=1", "--eval_neg_num=20"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # a job started in the background (as CI may start this suite) inherits an ignored
+                            # SIGINT, and Python keeps it ignored: give the run the terminal's default, as a user has
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/run.log"))):
         time.sleep(0.2)
