@@ -239,12 +239,16 @@ def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_
                             # a job started in the background (as CI may start this suite) inherits an ignored
                             # SIGINT, and Python keeps it ignored: give the run the terminal's default, as a user has
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 240
-    while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/run.log"))):
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/run.log"))):
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:  # a run that ignored the interrupt must not train on beside the rest of the suite
+        proc.kill()
+        proc.wait()
     assert proc.returncode == 130
     assert err.strip().splitlines()[-1].startswith("error: interrupted")
     assert "Traceback" not in err
