@@ -194,8 +194,9 @@ class CrossMarketRun:
         checkpoint = load_checkpoint(path, self.config)
         if ("trained_items" not in checkpoint or "finetune_rng_state" not in checkpoint
                 or len(checkpoint["trained_items"]) != len(self.trained_items)):
-            raise CrossMarketError(f"checkpoint {path} does not record which items its pre-training saw (written by "
-                                   "an older recbole-cmr, or for other data); pre-train again")
+            raise CrossMarketError(f"checkpoint {path} does not record which items its pre-training saw and the "
+                                   "random state fine-tuning starts from (written by an older recbole-cmr, or for "
+                                   "other data); pre-train again")
         load_state_dict(self.model, checkpoint, path)
         self.trained_items |= checkpoint["trained_items"]
         self.model.load_other_parameter(checkpoint.get("other_parameter"))

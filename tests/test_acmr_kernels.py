@@ -115,3 +115,29 @@ def test_vectorised_and_generic_residual_norm_draw_the_same_masks():
     generic = kernels.residual_norm_backward(grad, generic[1], generic[2], weight, 0.3, 9, True)
     for a, b in zip(fast, generic):
         assert torch.allclose(a.double(), b, atol=1e-4)
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_the_lock_dies_with_its_holder(tmp_path):
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+
+    from recbole_cmr.model.acmr_kernels import _build_lock
+
+    (tmp_path / "lock").touch()  # what torch leaves when a build is killed: later builds would wait forever
+    with _build_lock(str(tmp_path)):
+        assert not (tmp_path / "lock").exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from recbole_cmr.model.acmr_kernels import "
+                               f"_build_lock\nwith _build_lock({str(tmp_path)!r}):\n print('held', flush=True); "
+                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (tmp_path / "lock").touch()  # the holder's build in progress
+        with open(tmp_path / "recbole_cmr.flock") as handle, pytest.raises(BlockingIOError):
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # no second builder while the holder lives
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with _build_lock(str(tmp_path)):  # the kernel released the killed holder's lock
+        assert not (tmp_path / "lock").exists()

@@ -284,6 +284,18 @@ def test_checkpoints_of_the_wrong_structure_or_architecture(acmr_checkpoint, tmp
     assert "\n" not in str(err.value)
 
 
+def test_a_checkpoint_without_its_pretraining_records_is_refused_for_finetuning(acmr_checkpoint, tmp_path):
+    path, config_dict = acmr_checkpoint
+    good = torch.load(path, weights_only=True)
+    for missing in ("trained_items", "finetune_rng_state"):
+        stripped = tmp_path / f"without_{missing}.pth"
+        torch.save({k: v for k, v in good.items() if k != missing}, stripped)
+        with pytest.raises(CrossMarketError, match="pre-train again"):
+            run("ACMR", "bb", config_dict={**config_dict, "checkpoint_dir": str(tmp_path / "saved")},
+                phase="finetune", pretrained=str(stripped))
+    assert os.listdir(tmp_path / "saved") == []
+
+
 def test_an_unsafe_checkpoint_is_never_suggested_to_load_unsafely(acmr_checkpoint, tmp_path):
     path, config_dict = acmr_checkpoint
     unsafe = tmp_path / "unsafe.pth"

@@ -11,6 +11,8 @@ come from a counter-based hash of a seed drawn from torch's generator (so runs s
 path draw different masks of the same distribution, and agree exactly without dropout.
 """
 
+import contextlib
+import fcntl
 import logging
 import os
 import platform
@@ -31,6 +33,27 @@ def _cpu_flags():
         return set()
 
 
+@contextlib.contextmanager
+def _build_lock(build_directory):
+    """Builds and loads of the kernels one process at a time, under a lock the kernel releases if its holder dies.
+
+    torch marks a build in progress with a ``lock`` file that a killed build (a stopped Ray trial, a session
+    ended mid-compile) leaves behind, and every later process then waits for it forever. Under this lock no
+    other process of ours is building, so such a file is stale and is removed.
+    """
+    os.makedirs(build_directory, exist_ok=True)
+    with open(os.path.join(build_directory, "recbole_cmr.flock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            stale = os.path.join(build_directory, "lock")
+            if os.path.exists(stale):
+                logging.getLogger().warning(f"removed {stale}, left by an interrupted build of ACMR's kernels")
+                os.remove(stale)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_kernels():
     """The compiled extension, or None (with the reason logged once) if it cannot be built here."""
     if "module" in _loaded:
@@ -43,8 +66,10 @@ def load_kernels():
         # the name carries the instruction set so a cached build never reaches a CPU without it.
         isa = "avx2" if platform.machine() == "x86_64" and {"avx2", "fma"} <= _cpu_flags() else "generic"
         flags = ["-O3", "-fno-trapping-math", "-fopenmp"] + (["-mavx2", "-mfma"] if isa == "avx2" else [])
-        module = cpp_extension.load(name=f"recbole_cmr_acmr_kernels_{isa}", sources=[_SOURCE],
-                                    extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
+        name = f"recbole_cmr_acmr_kernels_{isa}"
+        with _build_lock(cpp_extension._get_build_directory(name, verbose=False)):
+            module = cpp_extension.load(name=name, sources=[_SOURCE], extra_cflags=flags,
+                                        extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no ninja, a failed build: the PyTorch layer serves
         logging.getLogger().warning(f"ACMR's fused CPU kernels could not be built ({type(err).__name__}: "
                                     f"{str(err).splitlines()[0] if str(err) else ''}); using PyTorch's ops")
