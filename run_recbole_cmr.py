@@ -10,6 +10,7 @@ file), so a typo stops the command instead of becoming a new, unused key.
 
 import argparse
 import difflib
+import signal
 import sys
 import warnings
 
@@ -109,11 +110,20 @@ def int_list(text, flag):
         raise CrossMarketError(f"{flag} must be comma separated integers, got {text!r}") from None
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop) as an interrupt: the same clean-up as Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     parser, args, unknown = parse_args(sys.argv[1:] if argv is None else argv)
     program_argv, sys.argv = sys.argv, sys.argv[:1]  # overrides go in config_dict; RecBole must not re-read argv
+    on_sigterm = signal.signal(signal.SIGTERM, _terminate)
     try:
         return _main(parser, args, unknown)
     except CrossMarketError as err:
@@ -124,11 +134,12 @@ def main(argv=None):
         print(f"error: cannot write or read{where}: {err.strerror or err}; choose a writable folder with free "
               "space (--checkpoint_dir, --out) and check the input paths", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; unfinished run folders were removed (a --compare grid resumes where it stopped)",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        print(f"error: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; unfinished run folders "
+              "were removed (a --compare grid resumes where it stopped)", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
     finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
         sys.argv = program_argv
 
 

@@ -229,7 +229,9 @@ def test_a_failed_write_names_the_file_asked_for_and_leaves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["taken.csv"] and os.listdir(tmp_path / "taken.csv") == []
 
 
-def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_path):
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_interrupt_or_kill_is_one_line_and_leaves_no_run_folder(tiny_root, tmp_path, signum, code, word):
     saved = tmp_path / "saved"
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=bb",
                              "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}",
@@ -244,13 +246,13 @@ def test_interrupt_is_one_line_exit_130_and_leaves_no_run_folder(tiny_root, tmp_
         while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/run.log"))):
             time.sleep(0.2)
         time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
-    finally:  # a run that ignored the interrupt must not train on beside the rest of the suite
+    finally:  # a run that ignored the signal must not train on beside the rest of the suite
         proc.kill()
         proc.wait()
-    assert proc.returncode == 130
-    assert err.strip().splitlines()[-1].startswith("error: interrupted")
+    assert proc.returncode == code
+    assert err.strip().splitlines()[-1].startswith(f"error: {word}")
     assert "Traceback" not in err
     assert list(saved.iterdir()) == []
 
