@@ -4,7 +4,8 @@ selected configurations rerun on three seeds and tested under every protocol.
     python bench/tune_markets.py --markets IN,JP,DE                       # the searches (resumable)
     python bench/tune_markets.py --markets IN,JP,DE --rerun --seeds 2020,2021,2022
 
-Budget, the same for every model: the 20 trials of its search file in ``props/tune/`` (random search), ASHA
+Budget, the same for every model: the model's yaml defaults (never stopped early) and the 20 seeded samples of
+its search file in ``props/tune/`` (random search), ASHA
 on valid NDCG@5 under ``market`` with a grace period of one pass over all markets' training rows for trained
 models (closed-form ones fit once), one CPU and one torch thread per trial, two trials at a time on a 2-core
 machine, and the grid's epoch cap (50 per phase) and patience (5). EASE and ItemKNN are searched in both
@@ -66,9 +67,9 @@ def cost_table(results):
              "Valid NDCG@5 (`market` protocol) of the selected trial; search minutes on this machine "
              "(wall; trials' wall minutes times their CPUs; CPU minutes the trials' processes used, which other "
              "work on the machine does not inflate).\n",
-             "| search | trials | stopped by ASHA | valid NDCG@5 | wall min | trial min x CPUs | trial CPU min "
-             "| selected |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| search | trials | stopped by ASHA | valid NDCG@5 | defaults' valid | wall min | trial min x CPUs "
+             "| trial CPU min | selected |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name in sorted(os.listdir(results)):
         best = os.path.join(results, name, "best_test.json")
         if not os.path.exists(best):
@@ -81,7 +82,9 @@ def cost_table(results):
         used = f"{info['trial_cpu_s'] / 60:.1f}" if "trial_wall_cpu_s" in info else "n/a"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in info["best_params"].items())
-        lines.append(f"| {name} | {info['trials']} | {info['stopped_early']} | {float(valid):.4f} | "
+        # searches run before the defaults' trial have no defaults_valid
+        defaults = f"{info['defaults_valid']:.4f}" if "defaults_valid" in info else "not a trial"
+        lines.append(f"| {name} | {info['trials']} | {info['stopped_early']} | {float(valid):.4f} | {defaults} | "
                      f"{info['search_wall_s'] / 60:.1f} | {wall_cpu / 60:.1f} | "
                      f"{used} | {params} |")
     path = os.path.join(results, "searches.md")

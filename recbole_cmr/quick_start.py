@@ -127,7 +127,7 @@ class CrossMarketRun:
         self.per_user_test = {}  # protocol -> metric -> per-user test values of the last evaluated phase
         self.trained_items = torch.zeros(self.dataset.item_num, dtype=torch.bool)  # over every phase so far
         self.learning_curves = []  # one row per epoch of every phase: training loss and valid metrics
-        self.data_passes = 0.0  # training so far, in passes over every market's training rows
+        self.data_passes = 0.0  # training in validated phases so far, in passes over every market's training rows
 
     def _split_summary(self):
         train, valid, test = self.built
@@ -160,7 +160,8 @@ class CrossMarketRun:
         trainer.fit(train_data, valid_data, saved=True, show_progress=progress_bars(self.config["show_progress"]),
                     callback_fn=callback)
         self._record_curve(phase, trainer.epoch_history)
-        self.data_passes = before + len(trainer.epoch_history) * share
+        if valid_data is not None:  # an unvalidated phase has a fixed length in every trial of a search
+            self.data_passes = before + len(trainer.epoch_history) * share
         return trainer
 
     def _record_curve(self, phase, history):
@@ -263,7 +264,8 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     an empty list computes no test metric at all (hyper-parameter searches).
     ``callback_fn(phase, epoch, valid_score, data_passes)`` is called after every validation; ``data_passes`` is
     the run's training so far in passes over every market's training rows (an epoch on the target market
-    alone is a small fraction of one), which is what a search's early stopping compares trials by.
+    alone is a small fraction of one), in the phases it validates (FOREC's fixed pre-training is not counted),
+    which is what a search's early stopping compares trials by.
     ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
     """
     if phase not in PHASES:

@@ -17,11 +17,18 @@ A search file (yaml, see ``props/tune/``)::
       dropout_prob: {uniform: [0.1, 0.5]}
       max_history_len: {randint: [20, 61]}
 
+Every search first runs the model's yaml defaults (with ``fixed`` and the command's
+overrides) as one trial beside the file's samples, and ASHA never stops that trial: a
+search cannot end below the configuration it replaces, even where a good learning rate
+looks worst after one pass. Sampling is seeded by the config's ``seed``.
+
 Every trial reports its valid metric after each epoch of each phase (so ASHA
 can stop it), and never computes a test metric. ASHA measures a trial's training in
-passes over every market's training rows, not in epochs: an epoch on a small target
-market alone is a few gradient steps, and judging it after one such epoch would stop
-every target-only trial before it learnt anything. After the search the best
+passes over every market's training rows in the phases it validates, not in epochs: an
+epoch on a small target market alone is a few gradient steps, and judging it after one
+such epoch would stop every target-only trial before it learnt anything; a pre-training
+that cannot be validated (FOREC's, on the other markets) runs its fixed length in every
+trial and is not on the clock. After the search the best
 configuration is written as ``best.yaml`` (usable with ``--config_files``) and
 run once more in the driver with test metrics. A search given its folder (``--out``) again
 resumes where it was interrupted: finished trials are kept, unfinished ones run again.
@@ -146,20 +153,40 @@ def param_space(search):
     return {name: build[kind](args) for name, spec in search["space"].items() for kind, args in spec.items()}
 
 
-def _search_algorithm(search):
+def _search_algorithm(search, defaults, seed):
+    """The search's sampler, seeded, with the defaults as its first point."""
     if search["search"] == "random":
-        return None
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=[defaults], random_state=seed)
     try:
         if search["search"] == "hyperopt":
             from ray.tune.search.hyperopt import HyperOptSearch
 
-            return HyperOptSearch()
+            return HyperOptSearch(points_to_evaluate=[defaults], random_state_seed=seed)
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch()
+        return OptunaSearch(points_to_evaluate=[defaults], seed=seed)
     except (ImportError, AssertionError) as err:
         raise CrossMarketError(f"search: {search['search']} needs its package installed ({err}); "
                                "use search: random or pip install it") from None
+
+
+def is_defaults(config, defaults):
+    """Whether a trial runs the model's defaults (a sample equal to them is the same run)."""
+    return all(config.get(name) == value for name, value in defaults.items())
+
+
+def defaults_keeping_asha(defaults, grace_period):
+    """ASHA on training passes that never stops the defaults' trial; its scores still set the rungs' cut-offs."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    class DefaultsKeepingASHA(ASHAScheduler):
+        def on_trial_result(self, runner, trial, result):
+            decision = super().on_trial_result(runner, trial, result)
+            return TrialScheduler.CONTINUE if is_defaults(trial.config, defaults) else decision
+
+    return DefaultsKeepingASHA(time_attr="data_passes", grace_period=grace_period, max_t=10_000)
 
 
 def make_trainable(model, market, config_files, config_dict):
@@ -194,7 +221,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     is run once more when ``test_best`` (a tuned comparison runs it on its own seeds instead)."""
     import ray
     from ray import air, tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
 
     search = load_search(search_file)
     address = ray_address or os.environ.get("RAY_ADDRESS")
@@ -206,6 +233,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     config_dict = dict(config_dict or {})
     config_dict["valid_metric"] = search["metric"]
     base = check_parameters(search, model, market, config_files, config_dict)
+    defaults = {name: base[name] for name in search["space"]}
     market = base["target_market"]  # --market, else the config files' or the yaml's target_market
     config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
     config_dict.update(search["fixed"])
@@ -216,6 +244,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
         base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))
     resuming = check_search_folder(out_dir, {"model": model, "market": base["target_market"], "search": search,
                                              "config": {k: v for k, v in config_dict.items() if k != "data_path"},
+                                             "defaults_trial": defaults,
                                              "config_files": config_files})
     print(f"{'resuming the search' if resuming else 'new search'} in {out_dir}", flush=True)
 
@@ -224,11 +253,8 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     else:
         ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
-        if search["scheduler"] == "asha":
-            scheduler = ASHAScheduler(time_attr="data_passes", grace_period=search["grace_period"],
-                                      max_t=10_000)
-        else:
-            scheduler = FIFOScheduler()
+        scheduler = defaults_keeping_asha(defaults, search["grace_period"]) if search["scheduler"] == "asha" \
+            else FIFOScheduler()
         resources = {k: v for k, v in search["resources_per_trial"].items() if v}
         trainable = tune.with_resources(make_trainable(model, market, config_files, config_dict), resources)
         # an interrupted search keeps its finished trials; unfinished and errored ones run again
@@ -237,7 +263,8 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             trainable,
             param_space=param_space(search),
             tune_config=tune.TuneConfig(metric="valid_score", mode="max", scheduler=scheduler,
-                                        search_alg=_search_algorithm(search), num_samples=search["num_samples"]),
+                                        search_alg=_search_algorithm(search, defaults, base["seed"]),
+                                        num_samples=search["num_samples"] + 1),  # the defaults, then the samples
             run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=1 if sys.stdout.isatty() else 0,
                                      callbacks=[] if sys.stdout.isatty() else [_trial_lines(trial_count(search))]),
         )
@@ -245,13 +272,13 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             grid = tuner.fit()
     finally:
         ray.shutdown()
-    return summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best)
+    return summarize(grid, search, defaults, model, market, config_files, config_dict, out_dir, test_best)
 
 
 def trial_count(search):
-    """Trials a search runs: ``num_samples`` times every combination of its ``grid`` entries."""
+    """Trials a search runs: the defaults, then ``num_samples`` times every combination of its ``grid`` entries."""
     grid = [len(spec["grid"]) for spec in search["space"].values() if "grid" in spec]
-    return search["num_samples"] * int(np.prod(grid))
+    return 1 + search["num_samples"] * int(np.prod(grid))
 
 
 def _trial_lines(total):
@@ -362,7 +389,7 @@ def _total(history, column):
     return round(float(history[column].max()), 1)
 
 
-def summarize(grid, search, model, market, config_files, config_dict, out_dir, test_best=True):
+def summarize(grid, search, defaults, model, market, config_files, config_dict, out_dir, test_best=True):
     """Write trials, per-epoch valid metrics, the sorted summary, best.yaml and the best model's test metrics."""
     names = list(search["space"])
     trials, epochs = [], []
@@ -375,7 +402,8 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
                            "valid_score": float(row["valid_score"])})
         done = history[history["phase"] == "done"] if history is not None else []
         finished = len(done) > 0
-        trials.append({"trial": i, **{n: result.config.get(n) for n in names},
+        trials.append({"trial": i, "defaults": is_defaults(result.config, defaults),
+                       **{n: result.config.get(n) for n in names},
                        "valid_score": float(done["valid_score"].iloc[-1]) if finished else float("nan"),
                        "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,
@@ -383,8 +411,9 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
                        "error": str(result.error)[:200] if result.error else ""})
     # a trial counts by the valid score of the model its run selects (for ACMR: the fine-tuned one),
     # so only finished trials compete; ASHA compared per-epoch scores along the way
+    # ties go to the lower trial number: the defaults, then the earlier samples
     ok = sorted((t for t in trials if not t["error"] and not t["stopped_early"]),
-                key=lambda t: t["valid_score"], reverse=True)
+                key=lambda t: (-t["valid_score"], t["trial"]))
     if not ok:
         raise CrossMarketError(f"no trial finished; see the trial errors in {out_dir}")
     write_csv_rows(os.path.join(out_dir, "trials.csv"), ok + [t for t in trials if t not in ok])
@@ -397,6 +426,7 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
         _, rows = run(model, market, config_files + [best_yaml],
                       {k: v for k, v in config_dict.items() if k not in best_params}, callback_fn=None)
     stopped = sum(t["stopped_early"] and not t["error"] for t in trials)
+    defaults_valid = max((t["valid_score"] for t in ok if t["defaults"]), default=float("nan"))
     cpus = float(search["resources_per_trial"].get("cpu") or 1)
     cost = {"search_wall_s": float(open(os.path.join(out_dir, "search_seconds.txt")).read()),
             "trial_wall_cpu_s": round(cpus * sum(t["seconds"] for t in trials if t["seconds"] == t["seconds"]), 1),
@@ -407,7 +437,7 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
     lines = [f"# search: {model} on {market.upper()} | protocol: {config_dict['eval_protocol']} | {header}\n",
              "| trial | " + " | ".join(names) + " | valid (selected model) | epochs |",
              "|---|" + "---|" * (len(names) + 2)]
-    lines += [f"| {t['trial']} | " + " | ".join(str(t[n]) for n in names)
+    lines += [f"| {t['trial']}{' (defaults)' if t['defaults'] else ''} | " + " | ".join(str(t[n]) for n in names)
               + f" | {t['valid_score']:.4f} | {t['epochs_run']} |" for t in ok]
     lines.append("\nSelected configuration (valid only), then tested once:\n" if rows else
                  "\nSelected configuration (valid only): best.yaml; not tested here (a tuned comparison tests it)")
@@ -415,7 +445,7 @@ def summarize(grid, search, model, market, config_files, config_dict, out_dir, t
               + ", ".join(f"{m} {r[m]:.4f}" for m in REPORTED_METRICS) for r in rows]
     write_text(os.path.join(out_dir, "best_test.json"),
                json.dumps({"best_params": best_params, "rows": rows, "trials": len(trials), "stopped_early": stopped,
-                           **cost}, indent=2, default=str))
+                           "defaults_valid": defaults_valid, **cost}, indent=2, default=str))
     write_text(os.path.join(out_dir, "summary.md"), "\n".join(lines) + "\n")  # last: it marks the search finished
     return out_dir
 

@@ -78,10 +78,16 @@ def test_local_search_selects_on_valid_and_writes_a_usable_best_yaml(tiny_root, 
     search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}, "n_layers": {"choice": [1, 2]}})
     out = tune_model("ACMR", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path))
     progress = [line for line in capsys.readouterr().out.splitlines() if " trials, " in line]
-    assert [line.split()[0] for line in progress] == ["[1/2", "[2/2"]  # a plain line per trial, not a terminal
+    assert [line.split()[0] for line in progress] == ["[1/3", "[2/3", "[3/3"]  # a plain line per trial
     trials = read_csv(os.path.join(out, "trials.csv"))
     epochs = read_csv(os.path.join(out, "epochs.csv"))
-    assert len(trials) == 2
+    assert len(trials) == 3, "the yaml defaults, then one sample per grid value"
+    defaults = [t for t in trials if t["defaults"] == "True"]  # a sample may draw the defaults again
+    assert "0" in [t["trial"] for t in defaults]
+    # ACMR.yaml's learning rate; the search file's fixed n_layers replaces the yaml's
+    assert {(float(t["learning_rate"]), int(t["n_layers"])) for t in defaults} == {(0.001, 1)}
+    assert all(t["stopped_early"] == "False" for t in defaults)
+    assert json.load(open(os.path.join(out, "best_test.json")))["defaults_valid"] == float(defaults[0]["valid_score"])
     assert {e["phase"] for e in epochs} == {"pretrain", "finetune"}, "both phases report every epoch"
     assert all("test" not in key for key in list(trials[0]) + list(epochs[0])), "no test metric during the search"
     best = trials[0]
@@ -117,7 +123,7 @@ def test_search_on_a_two_node_cluster(tiny_root, tmp_path):
         out = tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path),
                          ray_address=cluster.address)
         trials = read_csv(os.path.join(out, "trials.csv"))
-        assert len(trials) == 2 and not any(t["error"] for t in trials)
+        assert len(trials) == 3 and not any(t["error"] for t in trials)  # the defaults and the grid
     finally:
         cluster.shutdown()
 
@@ -184,6 +190,40 @@ def test_a_tuned_comparison_runs_each_cell_with_its_searchs_selection(tiny_root,
         compare(["EASE"], ["bb"], [2], "market", ["single"], cmp, grid_dict)
 
 
+def test_asha_never_stops_the_defaults_trial_but_compares_the_others_with_it():
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from recbole_cmr.tune import defaults_keeping_asha
+
+    decisions = {}
+    for name, scheduler in (("plain", ASHAScheduler(time_attr="data_passes", grace_period=1, max_t=10_000)),
+                            ("keeping", defaults_keeping_asha({"learning_rate": 0.001}, grace_period=1))):
+        scheduler.set_search_properties("valid_score", "max")
+        trials = {lr: Trial("__fake", config={"learning_rate": lr}, stub=True) for lr in (0.01, 0.001, 0.0001)}
+        for trial in trials.values():
+            scheduler.on_trial_add(None, trial)
+        decisions[name] = {lr: scheduler.on_trial_result(None, trial, {"valid_score": score, "data_passes": 1.0})
+                           for (lr, trial), score in zip(trials.items(), (0.5, 0.1, 0.1))}
+    assert decisions["plain"] == {0.01: TrialScheduler.CONTINUE, 0.001: TrialScheduler.STOP,
+                                  0.0001: TrialScheduler.STOP}
+    assert decisions["keeping"] == {**decisions["plain"], 0.001: TrialScheduler.CONTINUE}
+
+
+def test_the_same_search_samples_the_same_configurations(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"learning_rate": {"loguniform": [0.0001, 0.01]}}, scheduler="fifo",
+                          num_samples=2)
+    sampled = []
+    for attempt in ("first", "second"):
+        out = tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path),
+                         out_dir=str(tmp_path / attempt), test_best=False)
+        trials = sorted(read_csv(os.path.join(out, "trials.csv")), key=lambda t: int(t["trial"]))
+        sampled.append([(t["defaults"], t["learning_rate"]) for t in trials])
+    assert sampled[0] == sampled[1]
+    assert [d for d, _ in sampled[0]] == ["True", "False", "False"], "the defaults run first"
+    assert len({lr for _, lr in sampled[0]}) == 3
+
+
 def test_the_search_clock_is_on_disk_while_the_search_runs(tmp_path):
     (tmp_path / "search_seconds.txt").write_text("100.0\n")  # an earlier session of the same search
     with SearchClock(str(tmp_path), every_s=0.05):
@@ -205,3 +245,10 @@ def test_trials_are_measured_in_passes_over_every_markets_training_rows(tiny_roo
     assert passes["all"] == pytest.approx([1.0, 2.0, 3.0])  # an epoch over all markets is one pass
     share = passes["target"][0]
     assert 0 < share < 0.5 and passes["target"] == pytest.approx([share, 2 * share, 3 * share])
+    # FOREC's pre-training on the other markets is not validated: its fixed length is not on the clock
+    reports = []
+    forec = {**settings, "epochs": 2, "pretrain_max_epochs": 3, "train_markets": "source"}
+    run("FOREC", "bb", config_dict=forec, test_protocols=[],
+        saved=False, callback_fn=lambda phase, epoch, score, data_passes: reports.append((phase, data_passes)))
+    assert [phase for phase, _ in reports] == ["finetune", "finetune"]
+    assert [p for _, p in reports] == pytest.approx([share, 2 * share])
