@@ -18,9 +18,10 @@ A search file (yaml, see ``props/tune/``)::
       max_history_len: {randint: [20, 61]}
 
 Every search first runs the model's yaml defaults (with ``fixed`` and the command's
-overrides) as one trial beside the file's samples, and ASHA never stops that trial: a
-search cannot end below the configuration it replaces, even where a good learning rate
-looks worst after one pass. Sampling is seeded by the config's ``seed``.
+overrides) beside the file's samples, once per training scope when ``train_markets`` is a
+searched choice, and ASHA never stops those trials: a search cannot end below the
+configurations it replaces, even where a good learning rate looks worst after one pass.
+Sampling is seeded by the config's ``seed``.
 
 Every trial reports its valid metric after each epoch of each phase (so ASHA
 can stop it), and never computes a test metric. ASHA measures a trial's training in
@@ -153,32 +154,40 @@ def param_space(search):
     return {name: build[kind](args) for name, spec in search["space"].items() for kind, args in spec.items()}
 
 
+def default_points(search, base):
+    """The yaml defaults as the search's first trials: one per scope when the scope is a searched choice, since
+    such a search replaces the defaults of every scope it covers."""
+    point = {name: base[name] for name in search["space"]}
+    scopes = search["space"].get("train_markets", {}).get("choice", [])
+    return [{**point, "train_markets": scope} for scope in scopes] or [point]
+
+
 def _search_algorithm(search, defaults, seed):
-    """The search's sampler, seeded, with the defaults as its first point."""
+    """The search's sampler, seeded, with the defaults as its first points."""
     if search["search"] == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(points_to_evaluate=[defaults], random_state=seed)
+        return BasicVariantGenerator(points_to_evaluate=defaults, random_state=seed)
     try:
         if search["search"] == "hyperopt":
             from ray.tune.search.hyperopt import HyperOptSearch
 
-            return HyperOptSearch(points_to_evaluate=[defaults], random_state_seed=seed)
+            return HyperOptSearch(points_to_evaluate=defaults, random_state_seed=seed)
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(points_to_evaluate=[defaults], seed=seed)
+        return OptunaSearch(points_to_evaluate=defaults, seed=seed)
     except (ImportError, AssertionError) as err:
         raise CrossMarketError(f"search: {search['search']} needs its package installed ({err}); "
                                "use search: random or pip install it") from None
 
 
 def is_defaults(config, defaults):
-    """Whether a trial runs the model's defaults (a sample equal to them is the same run)."""
-    return all(config.get(name) == value for name, value in defaults.items())
+    """Whether a trial runs the model's defaults in one scope (a sample equal to them is the same run)."""
+    return any(all(config.get(name) == value for name, value in point.items()) for point in defaults)
 
 
 def defaults_keeping_asha(defaults, grace_period):
-    """ASHA on training passes that never stops the defaults' trial; its scores still set the rungs' cut-offs."""
+    """ASHA on training passes that never stops the defaults' trials; their scores still set the rungs' cut-offs."""
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
     class DefaultsKeepingASHA(ASHAScheduler):
@@ -233,7 +242,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     config_dict = dict(config_dict or {})
     config_dict["valid_metric"] = search["metric"]
     base = check_parameters(search, model, market, config_files, config_dict)
-    defaults = {name: base[name] for name in search["space"]}
+    defaults = default_points(search, base)
     market = base["target_market"]  # --market, else the config files' or the yaml's target_market
     config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
     config_dict.update(search["fixed"])
@@ -244,7 +253,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
         base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))
     resuming = check_search_folder(out_dir, {"model": model, "market": base["target_market"], "search": search,
                                              "config": {k: v for k, v in config_dict.items() if k != "data_path"},
-                                             "defaults_trial": defaults,
+                                             "defaults_trial": defaults[0] if len(defaults) == 1 else defaults,
                                              "config_files": config_files})
     print(f"{'resuming the search' if resuming else 'new search'} in {out_dir}", flush=True)
 
@@ -264,9 +273,10 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
             param_space=param_space(search),
             tune_config=tune.TuneConfig(metric="valid_score", mode="max", scheduler=scheduler,
                                         search_alg=_search_algorithm(search, defaults, base["seed"]),
-                                        num_samples=search["num_samples"] + 1),  # the defaults, then the samples
+                                        num_samples=search["num_samples"] + len(defaults)),  # defaults first
             run_config=air.RunConfig(name="ray", storage_path=out_dir, verbose=1 if sys.stdout.isatty() else 0,
-                                     callbacks=[] if sys.stdout.isatty() else [_trial_lines(trial_count(search))]),
+                                     callbacks=[] if sys.stdout.isatty() else
+                                     [_trial_lines(trial_count(search, len(defaults)))]),
         )
         with SearchClock(out_dir):
             grid = tuner.fit()
@@ -275,10 +285,11 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     return summarize(grid, search, defaults, model, market, config_files, config_dict, out_dir, test_best)
 
 
-def trial_count(search):
-    """Trials a search runs: the defaults, then ``num_samples`` times every combination of its ``grid`` entries."""
+def trial_count(search, defaults=1):
+    """Trials a search runs: its ``defaults`` trials, then ``num_samples`` times every combination of its ``grid``
+    entries."""
     grid = [len(spec["grid"]) for spec in search["space"].values() if "grid" in spec]
-    return 1 + search["num_samples"] * int(np.prod(grid))
+    return defaults + search["num_samples"] * int(np.prod(grid))
 
 
 def _trial_lines(total):

@@ -198,7 +198,7 @@ def test_asha_never_stops_the_defaults_trial_but_compares_the_others_with_it():
 
     decisions = {}
     for name, scheduler in (("plain", ASHAScheduler(time_attr="data_passes", grace_period=1, max_t=10_000)),
-                            ("keeping", defaults_keeping_asha({"learning_rate": 0.001}, grace_period=1))):
+                            ("keeping", defaults_keeping_asha([{"learning_rate": 0.001}], grace_period=1))):
         scheduler.set_search_properties("valid_score", "max")
         trials = {lr: Trial("__fake", config={"learning_rate": lr}, stub=True) for lr in (0.01, 0.001, 0.0001)}
         for trial in trials.values():
@@ -210,18 +210,20 @@ def test_asha_never_stops_the_defaults_trial_but_compares_the_others_with_it():
     assert decisions["keeping"] == {**decisions["plain"], 0.001: TrialScheduler.CONTINUE}
 
 
-def test_the_same_search_samples_the_same_configurations(tiny_root, tmp_path):
-    search = write_search(tmp_path, {"learning_rate": {"loguniform": [0.0001, 0.01]}}, scheduler="fifo",
-                          num_samples=2)
+def test_the_same_search_samples_the_same_configurations_after_the_defaults_of_each_scope(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"learning_rate": {"loguniform": [0.0001, 0.01]},
+                                     "train_markets": {"choice": ["target", "all"]}}, scheduler="fifo", num_samples=2)
     sampled = []
     for attempt in ("first", "second"):
         out = tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path),
                          out_dir=str(tmp_path / attempt), test_best=False)
         trials = sorted(read_csv(os.path.join(out, "trials.csv")), key=lambda t: int(t["trial"]))
-        sampled.append([(t["defaults"], t["learning_rate"]) for t in trials])
+        sampled.append([(t["defaults"], t["train_markets"], t["learning_rate"]) for t in trials])
     assert sampled[0] == sampled[1]
-    assert [d for d, _ in sampled[0]] == ["True", "False", "False"], "the defaults run first"
-    assert len({lr for _, lr in sampled[0]}) == 3
+    # a searched scope replaces the defaults of each scope: both run first, with the yaml's learning rate
+    assert sampled[0][:2] == [("True", "target", "0.001"), ("True", "all", "0.001")]
+    assert [d for d, _, _ in sampled[0][2:]] == ["False", "False"]
+    assert len({lr for _, _, lr in sampled[0]}) == 3
 
 
 def test_the_search_clock_is_on_disk_while_the_search_runs(tmp_path):
