@@ -253,7 +253,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
         base["checkpoint_dir"], f"tune-{model}-{base['target_market']}-{time.strftime('%Y%m%d-%H%M%S')}"))
     resuming = check_search_folder(out_dir, {"model": model, "market": base["target_market"], "search": search,
                                              "config": {k: v for k, v in config_dict.items() if k != "data_path"},
-                                             "defaults_trial": defaults[0] if len(defaults) == 1 else defaults,
+                                             "defaults_trials": defaults,
                                              "config_files": config_files})
     print(f"{'resuming the search' if resuming else 'new search'} in {out_dir}", flush=True)
 
@@ -285,7 +285,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     return summarize(grid, search, defaults, model, market, config_files, config_dict, out_dir, test_best)
 
 
-def trial_count(search, defaults=1):
+def trial_count(search, defaults):
     """Trials a search runs: its ``defaults`` trials, then ``num_samples`` times every combination of its ``grid``
     entries."""
     grid = [len(spec["grid"]) for spec in search["space"].values() if "grid" in spec]
