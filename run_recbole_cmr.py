@@ -19,7 +19,7 @@ from recbole_cmr.utils import CrossMarketError
 #: Flags of one mode only (run, --compare, --tune, --recommend); another mode refuses them. Not ``--k``:
 #: it is the list length of --recommend and, in the other modes, ItemKNN's ``k`` (a RecBole config key).
 MODE_FLAGS = {
-    "run": ("phase", "pretrained"),
+    "run": ("phase", "pretrained", "resume"),
     "compare": ("models", "markets", "seeds", "scopes", "pretrained_dir"),
     "tune": ("ray_address",),
     "recommend": ("users", "all_users", "history", "histories", "keep_known"),
@@ -45,6 +45,8 @@ def parse_args(argv):
     parser.add_argument("--config_files", default=None, help="comma separated yaml files")
     parser.add_argument("--phase", default=None, help="two-phase models: both (default), pretrain or finetune")
     parser.add_argument("--pretrained", default=None, help="pretrain.pth to fine-tune from (skips pre-training)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR.incomplete",
+                        help="continue an interrupted run from its last finished epoch (give the same other flags)")
     parser.add_argument("--compare", action="store_true", help="run a comparison grid (--models, --markets, --seeds)")
     parser.add_argument("--models", default=None, help="compare: comma list of models (default ACMR,Pop,EASE)")
     parser.add_argument("--markets", default=None, help="compare: comma list of target markets (default IN,JP)")
@@ -135,8 +137,14 @@ def main(argv=None):
               "space (--checkpoint_dir, --out) and check the input paths", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
-        print(f"error: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; unfinished run folders "
-              "were removed (a --compare grid resumes where it stopped)", file=sys.stderr)
+        kept = getattr(err, "kept_run", None)
+        if kept and args.compare:
+            where = f"the cell's unfinished run is kept in {kept}; the same --compare command continues it"
+        elif kept:
+            where = f"the unfinished run is kept in {kept}; add --resume={kept} to the same command to continue it"
+        else:
+            where = "unfinished run folders were removed (a --compare grid resumes where it stopped)"
+        print(f"error: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; {where}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, on_sigterm)
@@ -240,7 +248,7 @@ def _main(parser, args, unknown):
         print(f"search directory: {out}")
         return 0
     path, rows = run(args.model, args.market, files, config_dict, phase=args.phase or "both",
-                     pretrained=args.pretrained, test_protocols=tests)
+                     pretrained=args.pretrained, test_protocols=tests, resume=args.resume)
     print(format_table(rows))
     print(f"run directory: {path}")
     return 0

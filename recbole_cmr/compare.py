@@ -7,7 +7,9 @@ Built-in models run in each requested scope (``single``: target market only,
 their own scope and run once. Every cell is one ``quick_start.run``: selected
 on valid under the grid's protocol, tested under it and any further test
 protocols (one trained model, several candidate sets). Finished cells are read
-back from ``results.csv``, so an interrupted grid resumes where it stopped.
+back from ``results.csv``, so an interrupted grid resumes where it stopped, and a
+killed cell continues from its last finished epoch (its unfinished run folder
+keeps the training state, see :mod:`recbole_cmr.quick_start`).
 
 Two-phase models keep their pre-trained checkpoint in ``pretrained_dir``
 (default: ``pretrained/`` beside the grid's folder) and later cells with the
@@ -23,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import zipfile
 
 import numpy as np
@@ -36,7 +37,7 @@ from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
-from recbole_cmr.quick_start import run
+from recbole_cmr.quick_start import RunDirectory, find_resumable_run, run
 from recbole_cmr.tune import search_name
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
 
@@ -182,8 +183,11 @@ def check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir=None):
 
 
 def remove_stale_runs(runs_dir):
-    """Run folders still named ``*.incomplete`` when a grid starts belong to cells that were killed."""
-    stale = sorted(glob.glob(os.path.join(runs_dir, "*.incomplete")))
+    """Run folders still named ``*.incomplete`` when a grid starts belong to cells that were killed; those
+    killed before a first epoch ended hold nothing to continue from and are removed, the others are kept for
+    their cells to resume."""
+    unfinished = sorted(glob.glob(os.path.join(runs_dir, "*.incomplete")))
+    stale = [path for path in unfinished if not RunDirectory(None, resume=path).resumable()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     if stale:
@@ -201,9 +205,14 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
     reuse = cached if cached and os.path.exists(cached) and _reusable_pretraining(cached) else None
     if reuse:
         print(f"  fine-tuning from the pre-trained {cached}", flush=True)
-    started = time.time()
-    path, rows = run(model, market, config_file_list, cell_dict, pretrained=reuse, test_protocols=test_protocols)
-    seconds = round(time.time() - started, 1)
+    resume = find_resumable_run(make_config(model, market, config_file_list, cell_dict), pretrained=reuse,
+                                test_protocols=test_protocols)
+    if resume:
+        print(f"  continuing the interrupted run {resume}", flush=True)
+    path, rows = run(model, market, config_file_list, cell_dict, pretrained=reuse, test_protocols=test_protocols,
+                     resume=resume)
+    with open(os.path.join(path, "results.json"), encoding="utf-8") as f:
+        seconds = json.load(f)["wall_seconds"]  # an interrupted run's computing time included
     if cached and not reuse:
         os.makedirs(pretrained_dir, exist_ok=True)
         with open(os.path.join(path, "pretrain.pth"), "rb") as source:

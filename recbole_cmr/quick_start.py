@@ -4,10 +4,15 @@ Every run writes one directory (``<checkpoint_dir>/<model>-<market>-<protocol>-s
 holding ``run.log``, the checkpoints, ``config.json`` and the results as
 ``results.json`` and ``results.csv``. The directory is built under a
 ``.incomplete`` name and renamed only when the run has finished, and it is
-removed if the run fails.
+removed if the run fails. A run that is killed or interrupted after its first
+epoch keeps that folder with its training state (``resume.json``, the phase's
+``<phase>.resume.pth``, a finished phase's ``<phase>.done.json``); the same
+run with ``resume=`` that folder continues where it stopped and gives the
+numbers of a run never interrupted.
 """
 
 import csv
+import glob
 import json
 import logging
 import os
@@ -32,9 +37,13 @@ from recbole_cmr.trainer import (
     record_finetune_rng_state,
     restore_finetune_rng_state,
 )
-from recbole_cmr.utils import CrossMarketError, choose_threads, write_csv_rows
+from recbole_cmr.utils import CrossMarketError, choose_threads, write_csv_rows, write_text
 
 PHASES = ("both", "pretrain", "finetune")
+#: Config keys that change what a run prints, not what it computes: a resumed run may differ in them.
+DISPLAY_KEYS = ("state", "show_progress")
+#: Files that exist only to resume an unfinished run; removed when it finishes.
+RESUME_FILES = ("resume.json", "*.resume.pth", "*.done.json")
 REPORTED_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 
 
@@ -61,9 +70,14 @@ def _flat(result):
 
 
 class RunDirectory:
-    """A run's output folder, visible under its final name only once complete."""
+    """A run's output folder, visible under its final name only once complete; ``resume`` reopens an unfinished
+    one."""
 
-    def __init__(self, config):
+    def __init__(self, config, resume=None):
+        if resume is not None:
+            self.work = os.path.normpath(resume)
+            self.path = self.work[:-len(".incomplete")]
+            return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-{stamp}"
         self.path = os.path.join(config["checkpoint_dir"], name)
@@ -78,11 +92,61 @@ class RunDirectory:
     def file(self, name):
         return os.path.join(self.work, name)
 
+    def resumable(self):
+        """Whether the folder holds a training state to continue from (an epoch or a phase finished)."""
+        return any(glob.glob(self.file(pattern)) for pattern in RESUME_FILES[1:])
+
     def commit(self):
+        for pattern in RESUME_FILES:
+            for path in glob.glob(self.file(pattern)):
+                os.remove(path)
         os.replace(self.work, self.path)
 
     def discard(self):
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def resume_request(config, phase, pretrained, test_protocols):
+    """What a run computes: its config (plain values, display keys left out) and the run's own arguments."""
+    plain = {k: v for k, v in config.final_config_dict.items()
+             if k not in DISPLAY_KEYS and isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+    request = {"config": plain, "phase": phase, "pretrained": pretrained, "test_protocols": test_protocols}
+    return json.loads(json.dumps(request, sort_keys=True, default=str))
+
+
+def _recorded_request(folder):
+    try:
+        with open(os.path.join(folder, "resume.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def check_resumable(folder, request):
+    """Refuse, in one line, a folder that is not an unfinished run of the same request."""
+    if not (os.path.isdir(folder) and os.path.normpath(folder).endswith(".incomplete")):
+        raise CrossMarketError(f"--resume takes an unfinished run folder (a name ending in .incomplete), got {folder}")
+    recorded = _recorded_request(folder)
+    if recorded is None or not RunDirectory(None, resume=folder).resumable():
+        raise CrossMarketError(f"{folder} holds no training state to resume (it stopped before its first epoch "
+                               "ended); delete it and run again")
+    if recorded != request:
+        changed = sorted(k for k in set(recorded["config"]) | set(request["config"])
+                         if recorded["config"].get(k) != request["config"].get(k))
+        changed += [k for k in ("phase", "pretrained", "test_protocols") if recorded.get(k) != request.get(k)]
+        raise CrossMarketError(f"{folder} was started with other settings ({', '.join(changed[:5])} "
+                               f"{'differs' if len(changed) == 1 else 'differ'}); resume it with the command that "
+                               "started it, or delete it")
+
+
+def find_resumable_run(config, phase="both", pretrained=None, test_protocols=None):
+    """The newest unfinished run folder in ``checkpoint_dir`` of the same request with a state to continue from."""
+    request = resume_request(config, phase, pretrained, _test_protocols(config, test_protocols))
+    pattern = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-*.incomplete"
+    for folder in sorted(glob.glob(os.path.join(config["checkpoint_dir"], pattern)), reverse=True):
+        if _recorded_request(folder) == request and RunDirectory(None, resume=folder).resumable():
+            return folder
+    return None
 
 
 def _init_logging(log_file, config):
@@ -107,10 +171,13 @@ def _init_logging(log_file, config):
 class CrossMarketRun:
     """One model on one split: data, model, phases and evaluation."""
 
-    def __init__(self, config, run_dir, callback_fn=None):
+    def __init__(self, config, run_dir, callback_fn=None, resumable=True):
+        self.clock_origin = time.time()  # moved back on resume by the computing time the folder records
         self.config = config
         self.run_dir = run_dir
         self.callback_fn = callback_fn
+        self.resumable = resumable  # keep a training state in the run folder to continue from
+        self.resumed = []  # where this run continued an interrupted one, e.g. "pretrain at epoch 12"
         self.logger = logging.getLogger()
         threads = choose_threads(config["torch_threads"])
         torch.set_num_threads(threads)
@@ -128,6 +195,10 @@ class CrossMarketRun:
         self.trained_items = torch.zeros(self.dataset.item_num, dtype=torch.bool)  # over every phase so far
         self.learning_curves = []  # one row per epoch of every phase: training loss and valid metrics
         self.data_passes = 0.0  # training in validated phases so far, in passes over every market's training rows
+
+    def elapsed(self):
+        """The run's computing seconds so far, an interrupted run's recorded time included."""
+        return time.time() - self.clock_origin
 
     def _split_summary(self):
         train, valid, test = self.built
@@ -151,14 +222,22 @@ class CrossMarketRun:
         if phase == "pretrain" and self.config["pretrain_max_epochs"]:
             trainer.epochs = min(trainer.epochs, int(self.config["pretrain_max_epochs"]))
             trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
+        if self.resumable:
+            trainer.resume_file, trainer.elapsed_seconds = self.run_dir.file(f"{phase}.resume.pth"), self.elapsed
+            if os.path.exists(trainer.resume_file):
+                self.clock_origin = time.time() - trainer.resume_training(train_data)
+                self.resumed.append(f"{phase} at epoch {trainer.start_epoch}")
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         share, before = len(train_data.dataset) / max(1, len(self.dataset.history_dataset)), self.data_passes
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score, before + (epoch + 1) * share)
                     ) if self.callback_fn else None
         # RecBole's fit without valid data keeps the last epoch's checkpoint
         valid_data = None if phase == "pretrain" and not self.config["pretrain_valid"] else self.valid_data
-        trainer.fit(train_data, valid_data, saved=True, show_progress=progress_bars(self.config["show_progress"]),
-                    callback_fn=callback)
+        try:
+            trainer.fit(train_data, valid_data, saved=True, show_progress=progress_bars(self.config["show_progress"]),
+                        callback_fn=callback)
+        finally:  # its event file is complete (and no writer thread outlives an interrupted run's folder)
+            trainer.tensorboard.close()
         self._record_curve(phase, trainer.epoch_history)
         if valid_data is not None:  # an unvalidated phase has a fixed length in every trial of a search
             self.data_passes = before + len(trainer.epoch_history) * share
@@ -205,6 +284,25 @@ class CrossMarketRun:
             self.model.start_finetune()
         restore_finetune_rng_state(checkpoint)
 
+    def _record_finished_phase(self, phase, results):
+        """A finished, evaluated phase, so an interrupted run continues with the next one."""
+        write_text(self.run_dir.file(f"{phase}.done.json"), json.dumps({
+            "results": results, "learning_curves": self.learning_curves, "data_passes": self.data_passes,
+            "elapsed_seconds": self.elapsed()}))
+
+    def _finished_phase(self, phase):
+        """The results of ``phase`` if an interrupted run finished it (see ``_record_finished_phase``), else None."""
+        path = self.run_dir.file(f"{phase}.done.json")
+        if not os.path.exists(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            done = json.load(f)
+        self.learning_curves, self.data_passes = done["learning_curves"], done["data_passes"]
+        self.clock_origin = time.time() - done["elapsed_seconds"]
+        self.resumed.append(f"after {phase}")
+        self.logger.info(f"resuming after the finished phase {phase} ({path})")
+        return done["results"]
+
     def run(self, phase="both", pretrained=None, test_protocols=None):
         """Train and evaluate; returns ``{phase: {protocol: {valid|test: metrics}}}``."""
         two_phase = bool(self.config["finetune"])
@@ -214,10 +312,14 @@ class CrossMarketRun:
             results["train"] = self._evaluate(trainer, test_protocols)
             return results
         if pretrained is None and phase in ("both", "pretrain"):
-            trainer = self._fit("pretrain", train_dataloader(self.config, self.built[0], self.built))
-            results["pretrain"] = self._evaluate(trainer, test_protocols)
-            pretrained = trainer.saved_model_file
-            record_finetune_rng_state(pretrained, self.trained_items)
+            results["pretrain"] = self._finished_phase("pretrain")
+            if results["pretrain"] is None:
+                trainer = self._fit("pretrain", train_dataloader(self.config, self.built[0], self.built))
+                results["pretrain"] = self._evaluate(trainer, test_protocols)
+                record_finetune_rng_state(trainer.saved_model_file, self.trained_items)
+                if phase == "both" and self.resumable:
+                    self._record_finished_phase("pretrain", results["pretrain"])
+            pretrained = self.run_dir.file("pretrain.pth")
         if phase in ("both", "finetune"):
             if pretrained is None:
                 raise CrossMarketError("--phase=finetune needs --pretrained=PATH (a pretrain.pth of an earlier run)")
@@ -256,8 +358,15 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def _test_protocols(config, test_protocols):
+    """The protocols a run tests under: the configured one first; ``[]`` (searches) tests none."""
+    if test_protocols != []:
+        test_protocols = list(dict.fromkeys([config["eval_protocol"], *(test_protocols or [])]))
+    return [get_protocol(protocol).name for protocol in test_protocols]
+
+
 def run(model, market=None, config_file_list=None, config_dict=None, phase="both", pretrained=None,
-        test_protocols=None, callback_fn=None, saved=True):
+        test_protocols=None, callback_fn=None, saved=True, resume=None):
     """Run ``model`` on target ``market``; returns ``(run_path, rows)``.
 
     ``test_protocols``: protocols to test the selected model under besides the configured one;
@@ -267,13 +376,14 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     alone is a small fraction of one), in the phases it validates (FOREC's fixed pre-training is not counted),
     which is what a search's early stopping compares trials by.
     ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
+    ``resume``: the ``.incomplete`` folder of an interrupted run with the same arguments, to continue it (see
+    :func:`find_resumable_run`); an interrupted run keeps its folder when it holds a state to resume from, and
+    the ``KeyboardInterrupt`` it raises names it as ``kept_run``.
     """
     if phase not in PHASES:
         raise CrossMarketError(f"unknown phase {phase!r}; choose one of {', '.join(PHASES)}")
     config = make_config(model, market, config_file_list, config_dict)
-    if test_protocols != []:  # [] (searches): no test metric at all
-        test_protocols = list(dict.fromkeys([config["eval_protocol"], *(test_protocols or [])]))
-    test_protocols = [get_protocol(protocol).name for protocol in test_protocols]
+    test_protocols = _test_protocols(config, test_protocols)
     if not config["finetune"] and (phase != "both" or pretrained is not None):
         raise CrossMarketError(f"{config['model']} trains in one phase; --phase and --pretrained are for "
                                "two-phase models (ACMR, FOREC)")
@@ -281,12 +391,16 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         raise CrossMarketError("--pretrained is a checkpoint to fine-tune from; drop it or use --phase=finetune")
     if pretrained is not None and not os.path.isfile(pretrained):
         raise CrossMarketError(f"--pretrained file {pretrained} does not exist")
-    run_dir = RunDirectory(config)
+    request = resume_request(config, phase, pretrained, test_protocols)
+    if resume is not None:
+        check_resumable(resume, request)
+    run_dir = RunDirectory(config, resume)
     try:
+        if resume is None:
+            write_text(run_dir.file("resume.json"), json.dumps(request))
         logger = _init_logging(run_dir.file("run.log"), config)
-        logger.info(f"run directory: {run_dir.path}")
-        started = time.time()
-        runner = CrossMarketRun(config, run_dir, callback_fn)
+        logger.info(f"run directory: {run_dir.path}" + (" (resumed)" if resume else ""))
+        runner = CrossMarketRun(config, run_dir, callback_fn, resumable=saved)
         results = runner.run(phase=phase, pretrained=pretrained, test_protocols=test_protocols)
         rows = results_rows(config, results)
         table = format_table(rows)
@@ -294,7 +408,8 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         with open(run_dir.file("results.json"), "w") as f:
             json.dump({"model": config["model"], "market": config["target_market"], "seed": config["seed"],
                        "protocol": config["eval_protocol"], "train_markets": config["train_markets"],
-                       "wall_seconds": round(time.time() - started, 1), "results": results}, f, indent=2)
+                       "wall_seconds": round(runner.elapsed(), 1), "resumed": runner.resumed, "results": results},
+                      f, indent=2)
         with open(run_dir.file("results.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -315,6 +430,12 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         with open(run_dir.file("config.json"), "w") as f:
             json.dump({k: v for k, v in config.final_config_dict.items()
                        if isinstance(v, (str, int, float, bool, list, dict, type(None)))}, f, indent=2, default=str)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: keep what can be continued
+        if saved and run_dir.resumable():
+            err.kept_run = run_dir.work
+        else:
+            run_dir.discard()
+        raise
     except BaseException:
         run_dir.discard()
         raise

@@ -1,4 +1,5 @@
-"""RecBole trainers with weights-only checkpoints, fair evaluation and TensorBoard files in the run directory.
+"""RecBole trainers with weights-only checkpoints, fair evaluation, resumable training and TensorBoard files in the
+run directory.
 
 RecBole 1.2.1 pickles its ``Config`` into every checkpoint, which torch >= 2.6
 refuses to load by default (``UnpicklingError``), and which would run arbitrary
@@ -60,6 +61,68 @@ class WeightsOnlyCheckpointMixin:
             self.logger.info(f"Saving current: {saved_model_file}")
 
 
+class ResumableTrainingMixin:
+    """Writes the whole training state to ``resume_file`` before every epoch after the first, and reads it back.
+
+    The state is what the next epoch depends on: weights, optimizer, early-stopping counters, the learning
+    curve so far, and every generator (the global ones and the training loader's), so a run killed in its
+    tenth epoch of a phase continues at the tenth with the numbers of a run never killed.
+    ``elapsed_seconds`` (a callable, the run's computing time so far) is stored beside it.
+    """
+
+    resume_file = None
+    elapsed_seconds = None
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
+        if self.resume_file and epoch_idx > self.start_epoch:
+            self._save_training_state(train_data, epoch_idx)
+        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def _save_training_state(self, train_data, epoch_idx):
+        other = self.model.other_parameter()
+        if other and _plain_other_parameter(self.model) is None:  # state kept outside tensors: not resumable
+            return
+        state = {
+            "config": checkpoint_metadata(self.config),
+            "next_epoch": epoch_idx,
+            "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score),
+            "best_valid_result": {k: float(v) for k, v in (self.best_valid_result or {}).items()},
+            "train_loss": {int(epoch): float(sum(loss) if isinstance(loss, tuple) else loss)
+                           for epoch, loss in self.train_loss_dict.items()},
+            "epoch_history": getattr(self, "epoch_history", []),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": other or None,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": global_rng_state(),
+            "loader_rng": train_data.generator.get_state(),
+            "elapsed_seconds": float(self.elapsed_seconds()) if self.elapsed_seconds else 0.0,
+        }
+        write_atomically(self.resume_file, lambda f: torch.save(state, f), mode="wb")
+
+    def resume_training(self, train_data):
+        """Continue from ``resume_file``; returns the run's computing seconds recorded with it."""
+        try:
+            state = torch.load(self.resume_file, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state["state_dict"])
+            self.model.load_other_parameter(state["other_parameter"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except Exception as err:  # truncated, foreign, or of another architecture
+            raise CrossMarketError(f"the training state {self.resume_file} cannot be resumed "
+                                   f"({type(err).__name__}); delete the unfinished run folder and run again") from None
+        self.start_epoch = int(state["next_epoch"])
+        self.cur_step = int(state["cur_step"])
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"] or None
+        self.train_loss_dict = dict(state["train_loss"])
+        if hasattr(self, "epoch_history"):
+            self.epoch_history = list(state["epoch_history"])
+        restore_global_rng_state(state["rng"])
+        train_data.generator.set_state(state["loader_rng"])
+        self.logger.info(f"resuming at epoch {self.start_epoch} from {self.resume_file}")
+        return float(state["elapsed_seconds"])
+
+
 class _NoTensorBoard:
     """The writer of a trainer whose logger has no log file (an API or bench caller): it writes nothing."""
 
@@ -115,7 +178,7 @@ class EpochHistoryMixin:
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         total = sum(float(part) for part in loss) if isinstance(loss, tuple) else float(loss)
         self.epoch_history.append({"epoch": epoch_idx, "train_loss": total,
-                                   "train_seconds": round(time.perf_counter() - started, 2)})
+                                   "train_seconds": round(time.perf_counter() - started, 4)})
         return loss
 
     def _valid_epoch(self, valid_data, *args, **kwargs):
@@ -147,10 +210,10 @@ class SequentialCandidateScoringMixin:
 
 
 def get_trainer(config):
-    """RecBole's trainer class for the model, with weights-only checkpoints, fair evaluation (and
+    """RecBole's trainer class for the model, with weights-only checkpoints, fair evaluation, resumable epochs (and
     one-pass candidate scoring for sequential models)."""
     base = get_recbole_trainer(config["MODEL_TYPE"], config["model"])
-    mixins = (WeightsOnlyCheckpointMixin, FairEvaluationMixin, EpochHistoryMixin)
+    mixins = (WeightsOnlyCheckpointMixin, FairEvaluationMixin, ResumableTrainingMixin, EpochHistoryMixin)
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         mixins += (SequentialCandidateScoringMixin,)
     return type(f"CrossMarket{base.__name__}", (*mixins, base), {})
@@ -220,6 +283,24 @@ def load_state_dict(model, checkpoint, path):
     model.load_state_dict(state)
 
 
+def global_rng_state():
+    """The global generators' state (torch, numpy, Python) in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+            "python": [version, list(internal), gauss_next]}
+
+
+def restore_global_rng_state(state):
+    """Undo :func:`global_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 def record_finetune_rng_state(path, trained_items):
     """Store in a pre-training checkpoint the global generators' state at which this run's fine-tuning starts,
     and the items its pre-training trained on (see ``untrained_items``).
@@ -229,13 +310,7 @@ def record_finetune_rng_state(path, trained_items):
     from the file (``--pretrained``, a compare grid's cache) give the numbers of the two-phase run.
     """
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    checkpoint["finetune_rng_state"] = {  # types torch.load(weights_only=True) accepts
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
-        "python": [version, list(internal), gauss_next],
-    }
+    checkpoint["finetune_rng_state"] = global_rng_state()
     checkpoint["trained_items"] = trained_items.clone()
     write_atomically(path, lambda f: torch.save(checkpoint, f), mode="wb")
 
@@ -243,9 +318,4 @@ def record_finetune_rng_state(path, trained_items):
 def restore_finetune_rng_state(checkpoint):
     """Undo :func:`record_finetune_rng_state`, so a fine-tune from a saved pre-training draws what the two-phase run
     drew."""
-    state = checkpoint["finetune_rng_state"]
-    torch.set_rng_state(state["torch"])
-    kind, keys, position, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
+    restore_global_rng_state(checkpoint["finetune_rng_state"])

@@ -231,30 +231,38 @@ def test_a_failed_write_names_the_file_asked_for_and_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
                                                  (signal.SIGTERM, 143, "terminated")])
-def test_interrupt_or_kill_is_one_line_and_leaves_no_run_folder(tiny_root, tmp_path, signum, code, word):
+def test_interrupt_or_kill_is_one_line_and_keeps_only_a_resumable_run(tiny_root, tmp_path, signum, code, word):
     saved = tmp_path / "saved"
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=bb",
-                             "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}",
-                             "--epochs=100000", "--pretrain_max_epochs=100000", "--stopping_step=100000",
-                             "--embedding_size=8", "--n_heads=2", "--n_layers=1", "--eval_neg_num=20"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    command = [sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=ACMR", "--market=bb",
+               "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}", "--epochs=100000",
+               "--pretrain_max_epochs=100000", "--stopping_step=100000", "--embedding_size=8", "--n_heads=2",
+               "--n_layers=1", "--eval_neg_num=20"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             # a job started in the background (as CI may start this suite) inherits an ignored
                             # SIGINT, and Python keeps it ignored: give the run the terminal's default, as a user has
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    try:  # stopped once it has finished an epoch, so it has a state to continue from
         deadline = time.time() + 240
-        while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/run.log"))):
+        while time.time() < deadline and not (saved.exists() and any(saved.glob("*.incomplete/pretrain.resume.pth"))):
             time.sleep(0.2)
-        time.sleep(1.0)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=120)
     finally:  # a run that ignored the signal must not train on beside the rest of the suite
         proc.kill()
         proc.wait()
     assert proc.returncode == code
-    assert err.strip().splitlines()[-1].startswith(f"error: {word}")
+    kept = [str(path) for path in saved.iterdir()]
+    assert len(kept) == 1 and kept[0].endswith(".incomplete")
+    assert err.strip().splitlines()[-1] == (f"error: {word}; the unfinished run is kept in {kept[0]}; add "
+                                            f"--resume={kept[0]} to the same command to continue it")
     assert "Traceback" not in err
-    assert list(saved.iterdir()) == []
+    # the same command continues it; other settings are refused in one line, the folder kept
+    changed = subprocess.run([*command, "--learning_rate=0.01", f"--resume={kept[0]}"], capture_output=True,
+                             text=True, timeout=300)
+    assert changed.returncode == 2 and changed.stderr.strip().splitlines() == [
+        f"error: {kept[0]} was started with other settings (learning_rate differs); resume it with the command that "
+        "started it, or delete it"]
+    assert [str(path) for path in saved.iterdir()] == kept
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------

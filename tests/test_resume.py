@@ -1,0 +1,99 @@
+"""Resuming an interrupted run: the same numbers as a run never interrupted, in either phase and in a grid."""
+
+import glob
+import json
+import os
+
+import pytest
+
+from recbole_cmr.compare import compare
+from recbole_cmr.quick_start import run
+from recbole_cmr.utils import CrossMarketError
+
+
+def acmr_dict(tiny_root, tmp_path, **overrides):
+    return {"dataset": "tiny", "data_path": tiny_root, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 4,
+            "pretrain_max_epochs": 4, "stopping_step": 10, "eval_neg_num": 20, "state": "WARNING",
+            "embedding_size": 8, "n_heads": 2, "n_layers": 1, **overrides}
+
+
+def interrupt_at(phase, epoch):
+    """A callback that stops the run after ``epoch`` of ``phase`` has been validated, as Ctrl-C would."""
+
+    def callback(run_phase, run_epoch, score, passes):
+        if (run_phase, run_epoch) == (phase, epoch):
+            raise KeyboardInterrupt
+
+    return callback
+
+
+def interrupted(model, settings, phase, epoch, **kwargs):
+    """Run until ``epoch`` of ``phase``; returns the unfinished folder the interrupt names."""
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run(model, "bb", config_dict=settings, callback_fn=interrupt_at(phase, epoch), **kwargs)
+    folder = raised.value.kept_run
+    assert folder.endswith(".incomplete") and os.path.isdir(folder)
+    return folder
+
+
+@pytest.mark.parametrize("phase, epoch, resumed", [("pretrain", 2, ["pretrain at epoch 2"]),
+                                                   ("finetune", 1, ["after pretrain", "finetune at epoch 1"])])
+def test_an_interrupted_two_phase_run_resumes_to_the_same_numbers(tiny_root, tmp_path, phase, epoch, resumed):
+    settings = acmr_dict(tiny_root, tmp_path)
+    _, whole = run("ACMR", "bb", config_dict=settings, test_protocols=["paper"], saved=False)
+    folder = interrupted("ACMR", settings, phase, epoch, test_protocols=["paper"])
+    assert sorted(glob.glob(os.path.join(folder, "*.resume.pth")))  # the state before the interrupted epoch
+    path, continued = run("ACMR", "bb", config_dict=settings, test_protocols=["paper"], resume=folder)
+    assert continued == whole
+    assert path == folder[:-len(".incomplete")] and not os.path.exists(folder)
+    with open(os.path.join(path, "results.json")) as f:
+        assert json.load(f)["resumed"] == resumed
+    leftovers = [name for name in os.listdir(path) if name.endswith((".resume.pth", ".done.json", "resume.json"))]
+    assert leftovers == [], "a finished run keeps no resume state"
+    with open(os.path.join(path, "learning_curves.csv")) as f:
+        assert len(f.read().splitlines()) == 1 + 4 + 4  # every epoch of both phases, none twice
+
+
+def test_an_interrupted_one_phase_run_resumes_to_the_same_numbers(tiny_root, tmp_path):
+    settings = {**acmr_dict(tiny_root, tmp_path), "epochs": 5, "embedding_size": 16}
+    _, whole = run("BPR", "bb", config_dict=settings, saved=False)
+    folder = interrupted("BPR", settings, "train", 3)
+    _, continued = run("BPR", "bb", config_dict=settings, resume=folder)
+    assert continued == whole
+
+
+def test_resume_refuses_other_settings_and_folders_without_a_state(tiny_root, tmp_path):
+    settings = acmr_dict(tiny_root, tmp_path)
+    folder = interrupted("ACMR", settings, "pretrain", 2)
+    with pytest.raises(CrossMarketError, match="started with other settings \\(learning_rate differs"):
+        run("ACMR", "bb", config_dict={**settings, "learning_rate": 0.01}, resume=folder)
+    with pytest.raises(CrossMarketError, match="started with other settings \\(test_protocols differs"):
+        run("ACMR", "bb", config_dict=settings, test_protocols=["full"], resume=folder)
+    assert os.path.isdir(folder), "a refused resume leaves the folder as it was"
+    with pytest.raises(CrossMarketError, match="unfinished run folder \\(a name ending in .incomplete\\)"):
+        run("ACMR", "bb", config_dict=settings, resume=str(tmp_path))
+    for state in glob.glob(os.path.join(folder, "*.resume.pth")):
+        os.remove(state)
+    with pytest.raises(CrossMarketError, match="holds no training state to resume"):
+        run("ACMR", "bb", config_dict=settings, resume=folder)
+    # interrupted in its first epoch: nothing to continue from, nothing kept
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run("ACMR", "bb", config_dict=settings, callback_fn=interrupt_at("pretrain", 0))
+    assert getattr(raised.value, "kept_run", None) is None
+    assert sorted(os.listdir(settings["checkpoint_dir"])) == [os.path.basename(folder)]
+
+
+def test_a_grid_continues_its_killed_cell(tiny_root, tmp_path, capsys):
+    settings = acmr_dict(tiny_root, tmp_path)
+    clean = compare(["ACMR"], ["bb"], [1], "market", ["++"], str(tmp_path / "a" / "clean"), settings)
+    grid = str(tmp_path / "b" / "grid")  # its own cache of pre-trainings (beside it), so it pre-trains again
+    # the cell as the grid runs it, killed in its pre-training (the grid's cells are quiet runs in <grid>/runs)
+    cell = {**settings, "eval_protocol": "market", "seed": 1, "checkpoint_dir": os.path.join(grid, "runs")}
+    interrupted("ACMR", cell, "pretrain", 2, test_protocols=["market"])
+    os.makedirs(os.path.join(grid, "runs", "ACMR-bb-market-seed1-19990101-000000.incomplete"))  # killed at once
+    compare(["ACMR"], ["bb"], [1], "market", ["++"], grid, settings)
+    printed = capsys.readouterr().out
+    assert "removed 1 unfinished run folder(s)" in printed and "continuing the interrupted run" in printed
+    with open(os.path.join(clean, "table.md")) as a, open(os.path.join(grid, "table.md")) as b:
+        assert a.read().split("\n", 3)[3] == b.read().split("\n", 3)[3]  # wall times (line 3) differ
+    assert not glob.glob(os.path.join(grid, "runs", "*.incomplete"))
