@@ -32,7 +32,8 @@ that cannot be validated (FOREC's, on the other markets) runs its fixed length i
 trial and is not on the clock. After the search the best
 configuration is written as ``best.yaml`` (usable with ``--config_files``) and
 run once more in the driver with test metrics. A search given its folder (``--out``) again
-resumes where it was interrupted: finished trials are kept, unfinished ones run again.
+resumes where it was interrupted: finished trials are kept, and an unfinished trial runs again from the
+last epoch it finished (its run folder in the trial's folder keeps the training state).
 """
 
 import copy
@@ -47,7 +48,7 @@ import torch
 import yaml
 
 from recbole_cmr.config import check_settings, make_config
-from recbole_cmr.quick_start import REPORTED_METRICS, run
+from recbole_cmr.quick_start import REPORTED_METRICS, find_resumable_run, run
 from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
@@ -215,7 +216,12 @@ def make_trainable(model, market, config_files, config_dict):
 
         trial_dict = {**config_dict, **params, "checkpoint_dir": os.path.abspath("checkpoints"), "state": "WARNING",
                       "cmr_plots": False}
-        _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report)
+        # RecBole's Config reads --key=value from the process's arguments, which in a Ray worker are Ray's own
+        # (--node-manager-port=... would enter the trial's config, and differ in a resumed search)
+        sys.argv = sys.argv[:1]
+        # a trial restarted by a resumed search continues its run from the last epoch it finished
+        resume = find_resumable_run(make_config(model, market, config_files, trial_dict), test_protocols=[])
+        _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report, resume=resume)
         final = rows[-1]
         session.report({"valid_score": final[config_dict["valid_metric"].lower()], "phase": "done",
                         "epoch": -1, "data_passes": passes[0], "cpu_s": time.process_time() - started,

@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -254,3 +255,45 @@ def test_trials_are_measured_in_passes_over_every_markets_training_rows(tiny_roo
         saved=False, callback_fn=lambda phase, epoch, score, data_passes: reports.append((phase, data_passes)))
     assert [phase for phase, _ in reports] == ["finetune", "finetune"]
     assert [p for _, p in reports] == pytest.approx([share, 2 * share])
+
+
+def kill_session(leader):
+    """SIGKILL every process of ``leader``'s session (the search and the Ray it started), as a machine that goes
+    away would."""
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            if os.getsid(pid) == leader:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def test_a_killed_search_continues_its_unfinished_trials_from_their_last_epoch(tiny_root, tmp_path):
+    fixed = {"epochs": 60, "pretrain_max_epochs": 60, "stopping_step": 60, "embedding_size": 8, "n_heads": 2,
+             "n_layers": 1, "eval_neg_num": 20}
+    search = write_search(tmp_path, {"learning_rate": {"choice": [0.003]}}, scheduler="fifo", fixed=fixed)
+    script = ("import sys; from recbole_cmr.tune import tune_model; tune_model('ACMR', 'bb', sys.argv[1], "
+              "config_dict={'dataset': 'tiny', 'data_path': sys.argv[2], 'checkpoint_dir': sys.argv[3]}, "
+              "out_dir=sys.argv[4], test_best=False)")
+    killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
+    command = [sys.executable, "-c", script, search, tiny_root, str(tmp_path / "saved")]
+    proc = subprocess.Popen([*command, killed], cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and len(glob.glob(os.path.join(killed, "ray", "*", "checkpoints", "*",
+                                                                    "pretrain.resume.pth"))) < 2:
+            time.sleep(0.2)
+    finally:
+        kill_session(proc.pid)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "killed while its trials were training"
+    for out in (killed, clean):
+        subprocess.run([*command, out], cwd=REPO, check=True, capture_output=True, timeout=600)
+    logs = glob.glob(os.path.join(killed, "ray", "*", "checkpoints", "*", "run.log"))
+    assert len(logs) == 2 and all("resuming at epoch" in open(log).read() for log in logs)
+
+    def scores(out):
+        return sorted((t["trial"], t["valid_score"]) for t in read_csv(os.path.join(out, "trials.csv")))
+
+    assert scores(killed) == scores(clean)
