@@ -171,12 +171,11 @@ def _init_logging(log_file, config):
 class CrossMarketRun:
     """One model on one split: data, model, phases and evaluation."""
 
-    def __init__(self, config, run_dir, callback_fn=None, resumable=True):
+    def __init__(self, config, run_dir, callback_fn=None):
         self.clock_origin = time.time()  # moved back on resume by the computing time the folder records
         self.config = config
         self.run_dir = run_dir
         self.callback_fn = callback_fn
-        self.resumable = resumable  # keep a training state in the run folder to continue from
         self.resumed = []  # where this run continued an interrupted one, e.g. "pretrain at epoch 12"
         self.logger = logging.getLogger()
         threads = choose_threads(config["torch_threads"])
@@ -222,11 +221,10 @@ class CrossMarketRun:
         if phase == "pretrain" and self.config["pretrain_max_epochs"]:
             trainer.epochs = min(trainer.epochs, int(self.config["pretrain_max_epochs"]))
             trainer.eval_step = min(self.config["eval_step"], trainer.epochs)
-        if self.resumable:
-            trainer.resume_file, trainer.elapsed_seconds = self.run_dir.file(f"{phase}.resume.pth"), self.elapsed
-            if os.path.exists(trainer.resume_file):
-                self.clock_origin = time.time() - trainer.resume_training(train_data)
-                self.resumed.append(f"{phase} at epoch {trainer.start_epoch}")
+        trainer.resume_file, trainer.elapsed_seconds = self.run_dir.file(f"{phase}.resume.pth"), self.elapsed
+        if os.path.exists(trainer.resume_file):
+            self.clock_origin = time.time() - trainer.resume_training(train_data)
+            self.resumed.append(f"{phase} at epoch {trainer.start_epoch}")
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         share, before = len(train_data.dataset) / max(1, len(self.dataset.history_dataset)), self.data_passes
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score, before + (epoch + 1) * share)
@@ -317,7 +315,7 @@ class CrossMarketRun:
                 trainer = self._fit("pretrain", train_dataloader(self.config, self.built[0], self.built))
                 results["pretrain"] = self._evaluate(trainer, test_protocols)
                 record_finetune_rng_state(trainer.saved_model_file, self.trained_items)
-                if phase == "both" and self.resumable:
+                if phase == "both":
                     self._record_finished_phase("pretrain", results["pretrain"])
             pretrained = self.run_dir.file("pretrain.pth")
         if phase in ("both", "finetune"):
@@ -375,7 +373,8 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     the run's training so far in passes over every market's training rows (an epoch on the target market
     alone is a small fraction of one), in the phases it validates (FOREC's fixed pre-training is not counted),
     which is what a search's early stopping compares trials by.
-    ``saved=False`` keeps the run directory out of the way (a temporary one is removed afterwards).
+    ``saved=False`` keeps the run directory out of the way (it is removed afterwards, and when the run is
+    interrupted; a killed process leaves it to resume from, as a search's trial does).
     ``resume``: the ``.incomplete`` folder of an interrupted run with the same arguments, to continue it (see
     :func:`find_resumable_run`); an interrupted run keeps its folder when it holds a state to resume from, and
     the ``KeyboardInterrupt`` it raises names it as ``kept_run``.
@@ -400,7 +399,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             write_text(run_dir.file("resume.json"), json.dumps(request))
         logger = _init_logging(run_dir.file("run.log"), config)
         logger.info(f"run directory: {run_dir.path}" + (" (resumed)" if resume else ""))
-        runner = CrossMarketRun(config, run_dir, callback_fn, resumable=saved)
+        runner = CrossMarketRun(config, run_dir, callback_fn)
         results = runner.run(phase=phase, pretrained=pretrained, test_protocols=test_protocols)
         rows = results_rows(config, results)
         table = format_table(rows)

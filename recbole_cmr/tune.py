@@ -219,13 +219,15 @@ def make_trainable(model, market, config_files, config_dict):
         # RecBole's Config reads --key=value from the process's arguments, which in a Ray worker are Ray's own
         # (--node-manager-port=... would enter the trial's config, and differ in a resumed search)
         sys.argv = sys.argv[:1]
-        # a trial restarted by a resumed search continues its run from the last epoch it finished
+        # a trial restarted by a resumed search continues its run from the last epoch it finished; the run's
+        # folder in the trial's folder holds only that state while it runs (saved=False: Ray keeps the results)
         resume = find_resumable_run(make_config(model, market, config_files, trial_dict), test_protocols=[])
-        _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report, resume=resume)
+        _, rows = run(model, market, config_files, trial_dict, test_protocols=[], callback_fn=report, resume=resume,
+                      saved=False)
         final = rows[-1]
         session.report({"valid_score": final[config_dict["valid_metric"].lower()], "phase": "done",
                         "epoch": -1, "data_passes": passes[0], "cpu_s": time.process_time() - started,
-                        **{f"valid_{m}": final[m] for m in REPORTED_METRICS}})
+                        "resumed": resume is not None, **{f"valid_{m}": final[m] for m in REPORTED_METRICS}})
 
     return trainable
 
@@ -425,6 +427,9 @@ def summarize(grid, search, defaults, model, market, config_files, config_dict, 
                        "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,
                        "seconds": _total(history, "time_total_s"), "cpu_seconds": _total(history, "cpu_s"),
+                       # continued from its last epoch by a resumed search: its seconds count its last process only
+                       # (read from its last result: progress.csv keeps only the columns of a trial's first report)
+                       "resumed": bool(finished and (result.metrics or {}).get("resumed")),
                        "error": str(result.error)[:200] if result.error else ""})
     # a trial counts by the valid score of the model its run selects (for ACMR: the fine-tuned one),
     # so only finished trials compete; ASHA compared per-epoch scores along the way
