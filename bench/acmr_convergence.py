@@ -4,9 +4,11 @@
 
 Reads the ``learning_curves.csv`` of every ACMR run of the comparison grid (``bench/results/compare/runs/``;
 ACMR there pre-trains with the same early stopping as every model, at most 50 epochs, patience 5), copies
-them to ``bench/results/acmr_convergence/`` and draws ``curves.png`` (one panel per market, one line per
-seed, the selected epoch marked) and ``summary.md`` (per run: epochs run and the selected epoch of each
-phase, best valid NDCG@5), which says whether a lower pre-training cap would have lost anything.
+them to ``bench/results/acmr_convergence/<market>-seed<seed>.csv`` (committed, unlike the run folders, so
+the curves of runs made in another checkout are kept) and draws from those copies ``curves.png`` (one panel
+per market, one line per seed, the selected epoch marked) and ``summary.md`` (per run: epochs run and the
+selected epoch of each phase, best valid NDCG@5), which says whether a lower pre-training cap would have lost
+anything.
 """
 
 import argparse
@@ -43,10 +45,13 @@ def main(argv=None):
             continue
         name = f"{config['target_market']}-seed{config['seed']}"
         shutil.copy(os.path.join(run, "learning_curves.csv"), os.path.join(out, f"{name}.csv"))
-        curves[(config["target_market"], config["seed"])] = read_csv_rows(os.path.join(run, "learning_curves.csv"))
+    for copy in sorted(glob.glob(os.path.join(out, "*-seed*.csv"))):
+        market, seed = os.path.basename(copy)[:-len(".csv")].split("-seed")
+        if market in markets:
+            curves[(market, int(seed))] = read_csv_rows(copy)
     found = [m for m in markets if any(k[0] == m for k in curves)]
     if not found:
-        print("no finished ACMR run of these markets in bench/results/compare/runs/ yet")
+        print("no finished ACMR run of these markets in bench/results/compare/runs/ or its copies yet")
         return 1
     fig, axes = plt.subplots(1, len(found), figsize=(4.5 * len(found), 3.8), squeeze=False)
     lines = ["# ACMR convergence on the comparison grid's runs (valid NDCG@5, `market` protocol)\n",
