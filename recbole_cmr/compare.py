@@ -37,7 +37,7 @@ from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
-from recbole_cmr.quick_start import RunDirectory, find_resumable_run, run
+from recbole_cmr.quick_start import find_resumable_run, holds_training_state, run
 from recbole_cmr.tune import search_name
 from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
 
@@ -187,7 +187,7 @@ def remove_stale_runs(runs_dir):
     killed before a first epoch ended hold nothing to continue from and are removed, the others are kept for
     their cells to resume."""
     unfinished = sorted(glob.glob(os.path.join(runs_dir, "*.incomplete")))
-    stale = [path for path in unfinished if not RunDirectory(None, resume=path).resumable()]
+    stale = [path for path in unfinished if not holds_training_state(path)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     if stale:

@@ -45,6 +45,7 @@ DISPLAY_KEYS = ("state", "show_progress")
 #: Files that exist only to resume an unfinished run; removed when it finishes.
 RESUME_FILES = ("resume.json", "*.resume.pth", "*.done.json")
 REPORTED_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
+PLAIN_TYPES = (str, int, float, bool, list, dict, type(None))
 
 
 def progress_bars(setting):
@@ -93,8 +94,7 @@ class RunDirectory:
         return os.path.join(self.work, name)
 
     def resumable(self):
-        """Whether the folder holds a training state to continue from (an epoch or a phase finished)."""
-        return any(glob.glob(self.file(pattern)) for pattern in RESUME_FILES[1:])
+        return holds_training_state(self.work)
 
     def commit(self):
         for pattern in RESUME_FILES:
@@ -106,10 +106,19 @@ class RunDirectory:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def holds_training_state(folder):
+    """Whether a run folder holds a training state to continue from (an epoch or a phase finished)."""
+    return any(glob.glob(os.path.join(folder, pattern)) for pattern in RESUME_FILES[1:])
+
+
+def plain_config(config):
+    """The config's values that JSON can hold (RecBole's also holds enums and devices, derived from these)."""
+    return {k: v for k, v in config.final_config_dict.items() if isinstance(v, PLAIN_TYPES)}
+
+
 def resume_request(config, phase, pretrained, test_protocols):
     """What a run computes: its config (plain values, display keys left out) and the run's own arguments."""
-    plain = {k: v for k, v in config.final_config_dict.items()
-             if k not in DISPLAY_KEYS and isinstance(v, (str, int, float, bool, list, dict, type(None)))}
+    plain = {k: v for k, v in plain_config(config).items() if k not in DISPLAY_KEYS}
     request = {"config": plain, "phase": phase, "pretrained": pretrained, "test_protocols": test_protocols}
     return json.loads(json.dumps(request, sort_keys=True, default=str))
 
@@ -127,7 +136,7 @@ def check_resumable(folder, request):
     if not (os.path.isdir(folder) and os.path.normpath(folder).endswith(".incomplete")):
         raise CrossMarketError(f"--resume takes an unfinished run folder (a name ending in .incomplete), got {folder}")
     recorded = _recorded_request(folder)
-    if recorded is None or not RunDirectory(None, resume=folder).resumable():
+    if recorded is None or not holds_training_state(folder):
         raise CrossMarketError(f"{folder} holds no training state to resume (it stopped before its first epoch "
                                "ended); delete it and run again")
     if recorded != request:
@@ -144,7 +153,7 @@ def find_resumable_run(config, phase="both", pretrained=None, test_protocols=Non
     request = resume_request(config, phase, pretrained, _test_protocols(config, test_protocols))
     pattern = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-*.incomplete"
     for folder in sorted(glob.glob(os.path.join(config["checkpoint_dir"], pattern)), reverse=True):
-        if _recorded_request(folder) == request and RunDirectory(None, resume=folder).resumable():
+        if _recorded_request(folder) == request and holds_training_state(folder):
             return folder
     return None
 
@@ -427,8 +436,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             np.savez(run_dir.file("per_user_test.npz"), user_id=test_users,
                      **{f"{p}/{m}": v for p, by_metric in runner.per_user_test.items() for m, v in by_metric.items()})
         with open(run_dir.file("config.json"), "w") as f:
-            json.dump({k: v for k, v in config.final_config_dict.items()
-                       if isinstance(v, (str, int, float, bool, list, dict, type(None)))}, f, indent=2, default=str)
+            json.dump(plain_config(config), f, indent=2, default=str)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: keep what can be continued
         if saved and run_dir.resumable():
             err.kept_run = run_dir.work
