@@ -14,7 +14,11 @@ import signal
 import sys
 import warnings
 
-from recbole_cmr.utils import CrossMarketError
+try:  # imports torch: a second or two in which Ctrl-C would otherwise print a traceback
+    from recbole_cmr.utils import CrossMarketError
+except KeyboardInterrupt:
+    print("error: interrupted while starting; nothing was written", file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)
 
 #: Flags of one mode only (run, --compare, --tune, --recommend); another mode refuses them. Not ``--k``:
 #: it is the list length of --recommend and, in the other modes, ItemKNN's ``k`` (a RecBole config key).
@@ -84,8 +88,12 @@ def config_overrides(parser, unknown, config_files):
     for arg in unknown:
         key, sep, value = arg[2:].partition("=")
         if arg.startswith("--") and sep and key in known:
+            if not value.strip():
+                raise CrossMarketError(f"--{key} is empty; give it a value (~ for none) or drop it")
             overrides[key] = value
             continue
+        if arg.startswith("--") and not sep and key in known:
+            raise CrossMarketError(f"write {arg}=VALUE: config overrides take the form --key=value")
         flags = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
         name = "--" + (key or arg).lstrip("-").replace("-", "_")
         close = difflib.get_close_matches(name, flags + [f"--{k}" for k in known], n=3, cutoff=0.75)
@@ -94,9 +102,24 @@ def config_overrides(parser, unknown, config_files):
             f"unknown argument {arg!r}.{hint} The options are listed by --help; any other argument must be "
             "--key=value with a RecBole or recbole-cmr config key (several --config_files: separate with commas)."
         )
-    if "target_market" in overrides:
-        raise CrossMarketError("give the target market as --market, not --target_market")
+    for key, flag in (("target_market", "--market"), ("eval_protocol", "--protocol")):
+        if key in overrides:
+            raise CrossMarketError(f"give the {key.replace('_', ' ')} as {flag}, not --{key}")
     return typed_overrides(overrides)
+
+
+def check_repeated_flags(parser, argv):
+    """A flag given twice is refused: argparse and RecBole would silently keep the last value."""
+    dest = {option: action.dest for action in parser._actions for option in action.option_strings}
+    seen = {}
+    for arg in argv:
+        flag = arg.partition("=")[0]
+        if not flag.startswith("-") or flag == "-":
+            continue
+        name = dest.get(flag, flag.lstrip("-"))
+        if name in seen:
+            raise CrossMarketError(f"{flag} is given twice ({seen[name]} and {arg}); give it once")
+        seen[name] = arg
 
 
 def name_list(text):
@@ -123,10 +146,12 @@ def _terminate(signum, frame):
 def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    parser, args, unknown = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser, args, unknown = parse_args(argv)
     program_argv, sys.argv = sys.argv, sys.argv[:1]  # overrides go in config_dict; RecBole must not re-read argv
     on_sigterm = signal.signal(signal.SIGTERM, _terminate)
     try:
+        check_repeated_flags(parser, argv)
         return _main(parser, args, unknown)
     except CrossMarketError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -138,7 +163,9 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt as err:
         kept = getattr(err, "kept_run", None)
-        if kept and args.compare:
+        if args.recommend:
+            where = "nothing was written"
+        elif kept and args.compare:
             where = f"the cell's unfinished run is kept in {kept}; the same --compare command continues it"
         elif kept:
             where = f"the unfinished run is kept in {kept}; add --resume={kept} to the same command to continue it"
@@ -194,6 +221,8 @@ def _recommend(args):
         if args.market:
             raise CrossMarketError("--market is for new users' histories; known users belong to the run's market")
         users = None if args.all_users else [u.strip() for u in args.users.split(",") if u.strip()]
+        if users == []:
+            raise CrossMarketError(f"--users names no user ({args.users!r}); give a comma list of the run's users")
         rows = recommend(loaded, users, int(k), args.keep_known)
     if args.out:
         write_recommendations(args.out, rows)

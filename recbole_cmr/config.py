@@ -2,10 +2,13 @@
 that refuse impossible settings before any data is read."""
 
 import copy
+import difflib
 import os
+import re
 
 import numpy as np
 import recbole
+import torch
 import yaml
 from recbole.config import Config
 from recbole.utils import ModelType
@@ -48,6 +51,9 @@ class CrossMarketConfig(Config):
             self.internal_config_dict["train_markets"] = scopes[0]
 
     def _set_default_parameters(self):
+        for key in ("data_path", "checkpoint_dir"):  # RecBole joins them as paths before any check
+            if not isinstance(self.final_config_dict.get(key), str) or not self.final_config_dict[key].strip():
+                raise CrossMarketError(f"{key} must be a folder path, got {self.final_config_dict.get(key)!r}")
         protocol = get_protocol(self.final_config_dict.get("eval_protocol"))
         self.final_config_dict["eval_protocol"] = protocol.name
         mode = protocol.eval_mode(self.final_config_dict["eval_neg_num"])
@@ -103,6 +109,28 @@ def config_key_models():
     return owners
 
 
+#: Keys a run takes that no yaml defines (RecBole's Config gets them as arguments).
+ARGUMENT_KEYS = {"model", "dataset"}
+#: Keys of a search file (``--tune``), which a config file passed by mistake would silently drop.
+SEARCH_FILE_KEYS = {"space", "fixed", "num_samples", "scheduler", "search", "grace_period", "resources_per_trial"}
+
+
+def check_config_file_keys(path, content):
+    """Refuse a config file key no yaml defines: a typo would otherwise become a new, unused key."""
+    known = set(config_key_models()) | ARGUMENT_KEYS
+    unknown = [key for key in content if key not in known]
+    if not unknown:
+        return
+    search_keys = sorted(set(unknown) & SEARCH_FILE_KEYS)
+    if search_keys:
+        raise CrossMarketError(f"config file {path} is a search file ({', '.join(search_keys)}); pass it as "
+                               "--tune=FILE, or write its settings as plain 'key: value' lines")
+    close = difflib.get_close_matches(str(unknown[0]), known, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise CrossMarketError(f"config file {path}: unknown key {unknown[0]!r}{hint}; a config file sets keys that "
+                           "RecBole's, the plugin's or a model's yaml defines")
+
+
 def known_config_keys(config_file_list=None):
     """Every key a yaml defines (RecBole's, the plugin's, the given files'): a command-line key outside it is a typo."""
     keys = set(config_key_models())
@@ -149,6 +177,7 @@ def make_config(model, market=None, config_file_list=None, config_dict=None):
     config_dict = dict(config_dict or {})
     files = {path: read_config_file(path) for path in config_file_list or []}
     for path, content in files.items():
+        check_config_file_keys(path, content)
         if "model" in content and str(content["model"]) != str(model):
             raise CrossMarketError(f"config file {path} sets model: {content['model']}, but the run's model is "
                                    f"{model}; drop one of them")
@@ -253,6 +282,13 @@ SETTING_RULES = {
        for key in ("reproducibility", "use_gpu", "valid_metric_bigger", "pretrain_valid", "use_market_embedding",
                    "history_keeps_positive")},
     "show_progress": (lambda v: isinstance(v, bool) or v == "auto", "True, False or auto"),
+    "field_separator": (lambda v: v == "\t", "a tab, as in every atomic file (convert writes them)"),
+    "bucket_window": (lambda v: v is None or _is_int(v, 1), "an integer >= 1, or ~ for plain shuffled batches"),
+    "gpu_id": (lambda v: re.fullmatch(r"\d+(,\d+)*", str(v)) is not None, "a device number or a comma list of them"),
+    **{key: (lambda v: isinstance(v, str) and bool(v.strip()), "a field name of the atomic files")
+       for key in ("USER_ID_FIELD", "ITEM_ID_FIELD", "MARKET_FIELD")},
+    **{key: (lambda v: v is None or (isinstance(v, str) and bool(v.strip())), "a field name of the atomic files, or ~")
+       for key in ("RATING_FIELD", "TIME_FIELD")},
     # hyper-parameters of RecBole's models, which RecBole never checks
     "mf_embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "mlp_embedding_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
@@ -294,6 +330,9 @@ def check_settings(settings):
         if name not in metrics or not k.isdigit() or int(k) not in settings["topk"]:
             problems.append(f"valid_metric must be one of the configured metrics at one of topk "
                             f"(e.g. NDCG@{settings['topk'][0]}), got {settings.get('valid_metric')!r}")
+    if settings.get("use_gpu") is True and not torch.cuda.is_available():
+        problems.append("use_gpu is True but torch sees no CUDA device, so the run would use the CPU; drop use_gpu "
+                        "(or run where a GPU is)")
     check_model_settings = getattr(settings.get("model_class"), "check_settings", None)
     if not problems and check_model_settings:
         problems += check_model_settings(settings)

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from logging.handlers import MemoryHandler
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from recbole.utils import init_seed
 from recbole.utils.logger import RemoveColorFilter
 
 from recbole_cmr.config import make_config, protocol_config
-from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.data.dataset import atomic_files_digest, create_dataset
 from recbole_cmr.data.protocol import eval_dataloaders, get_protocol, train_dataloader
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import learning_curves
@@ -169,12 +170,26 @@ def _init_logging(log_file, config):
     # ``state`` quiets the console only: the log file keeps every epoch line (quiet grids too).
     file_handler = logging.FileHandler(log_file)
     file_handler.addFilter(RemoveColorFilter())  # after the console handler, as in RecBole's own logger
-    for handler, level in ((logging.StreamHandler(), console_level), (file_handler, logging.INFO)):
+    console = logging.StreamHandler()
+    for handler, level in ((console, console_level), (file_handler, logging.INFO)):
         handler.setFormatter(fmt)
         handler.setLevel(level)
-        root.addHandler(handler)
+    # the console's lines wait until the data is read and split (release_console): data the run refuses
+    # prints its one error line alone
+    root.addHandler(MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1, target=console,
+                                  flushOnClose=False))
+    root.addHandler(file_handler)
     root.setLevel(min(console_level, logging.INFO))
     return root
+
+
+def release_console():
+    """Print the console lines held back while the data was read, and the next ones as they come."""
+    root = logging.getLogger()
+    for index, handler in enumerate(root.handlers):
+        if isinstance(handler, MemoryHandler):
+            handler.flush()
+            root.handlers[index] = handler.target  # in place: before the log file's colour-removing filter
 
 
 class CrossMarketRun:
@@ -194,6 +209,7 @@ class CrossMarketRun:
         self.dataset = create_dataset(config)
         self.built = self.dataset.build()
         self.logger.info(self._split_summary())
+        release_console()
         self.valid_data, self.test_data = eval_dataloaders(config, self.dataset, self.built)
         init_seed(config["seed"], config["reproducibility"])
         model_class = config.model_class
@@ -437,6 +453,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
                      **{f"{p}/{m}": v for p, by_metric in runner.per_user_test.items() for m, v in by_metric.items()})
         with open(run_dir.file("config.json"), "w") as f:
             json.dump(plain_config(config), f, indent=2, default=str)
+        write_text(run_dir.file("data.json"), json.dumps(atomic_files_digest(config), indent=2))
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: keep what can be continued
         if saved and run_dir.resumable():
             err.kept_run = run_dir.work
@@ -444,7 +461,8 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             run_dir.discard()
         raise
     except BaseException:
-        run_dir.discard()
+        if resume is None:  # a resumed folder stays as its last finished epoch left it, to resume again
+            run_dir.discard()
         raise
     finally:
         for handler in list(logging.getLogger().handlers):

@@ -24,7 +24,7 @@ from recbole.model.general_recommender import EASE, ItemKNN
 from recbole.utils import ModelType, init_seed
 
 from recbole_cmr.config import make_config
-from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.data.dataset import atomic_files_digest, create_dataset
 from recbole_cmr.quick_start import training_items
 from recbole_cmr.trainer import load_checkpoint, load_state_dict
 from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
@@ -81,6 +81,7 @@ def load_run(run_dir):
         config_dict["data_path"] = os.path.dirname(os.path.normpath(saved["data_path"]))
     config = make_config(saved["model"], saved["target_market"], config_dict={**config_dict,
                                                                                 "dataset": saved["dataset"]})
+    _check_same_data(run_dir, config)
     init_seed(config["seed"], config["reproducibility"])
     dataset = create_dataset(config)
     built = dataset.build()
@@ -96,6 +97,25 @@ def load_run(run_dir):
         rows = history.inter_feat[dataset.market_field] == dataset.target_market_id
         trained |= training_items(history.copy(history.inter_feat[rows]))
     return LoadedRun(run_dir, config, dataset, built, model, trained)
+
+
+def _check_same_data(run_dir, config):
+    """Refuse a run whose atomic files changed since it was trained (``data.json``; older runs lack it)."""
+    recorded_file = os.path.join(run_dir, "data.json")
+    if not os.path.isfile(recorded_file):
+        return
+    try:
+        with open(recorded_file, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except ValueError as err:
+        raise CrossMarketError(f"{recorded_file} is not valid JSON ({err}); a run folder's data.json is written by "
+                               "run_recbole_cmr.py: restore it, or delete it to use the run unchecked") from None
+    now = atomic_files_digest(config)
+    changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+    if changed:
+        raise CrossMarketError(f"the data changed since this run was trained ({', '.join(changed)} in "
+                               f"{config['data_path']}); its model would score other rows than it learnt from: "
+                               "restore the files or train again")
 
 
 def _listed(names, most=5):
@@ -210,6 +230,8 @@ def recommend(run, users=None, k=10, keep_known=False):
     Returns rows ``{user, rank, item, score}``, ``k`` per user (fewer where the market has fewer candidates).
     """
     _check_k(k)
+    if users is not None and not list(users):
+        raise CrossMarketError("no user given; pass at least one user of the run's market, or None for all")
     ids = _user_ids(run, market_users(run) if users is None else list(users))
     dataset = run.dataset
     repeated = sorted(int(u) for u, n in collections.Counter(int(u) for u in ids).items() if n > 1)
@@ -243,6 +265,10 @@ def recommend_histories(run, histories, market=None, k=10, keep_known=False):
     empty = [name for name, items in histories.items() if not items]
     if empty:
         raise CrossMarketError(f"new user {empty[0]!r} has an empty history; give at least one item")
+    for name, items in histories.items():
+        repeated = [item for item, n in collections.Counter(items).items() if n > 1]
+        if repeated:  # the training data holds a (user, item) pair once; a repeat would be dropped unseen
+            raise CrossMarketError(f"new user {name!r} lists item {repeated[0]!r} more than once; give each item once")
     markets = dataset.inter_feat[dataset.market_field].numpy()
     candidates = torch.as_tensor(np.unique(dataset.inter_feat[dataset.iid_field].numpy()[markets == market_id]))
     rows = []
@@ -270,8 +296,9 @@ def read_histories(path):
     delimiter = "\t" if "\t" in text.partition("\n")[0] else ","
     lines = list(csv.reader(text.splitlines(), delimiter=delimiter))
     header = [h.strip().lower() for h in lines[0]] if lines else []
-    if "user" not in header or "item" not in header:
-        raise CrossMarketError(f"history file {path} needs a header with the columns user and item, got {header}")
+    if sorted(header) != ["item", "user"]:
+        raise CrossMarketError(f"history file {path} needs a header with the columns user and item, once each and "
+                               f"nothing else (a market is given by --market), got {header}")
     u, i = header.index("user"), header.index("item")
     histories = {}
     for number, fields in enumerate(lines[1:], 2):

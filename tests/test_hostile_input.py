@@ -53,7 +53,13 @@ def cli(args, capsys):
 # --- silent data changes -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda cells: cells[:4], "line 5 has no value for market"),                 # a missing column
+    (lambda cells: cells[:4], "line 5 has 4 tab-separated fields where the header has 5"),  # a missing column
+    (lambda cells: [*cells, "extra"], "line 5 has 6 tab-separated fields where the header has 5"),
+    (lambda cells: [*cells, ""], "line 5 has 6 tab-separated fields where the header has 5"),  # a trailing tab
+    (lambda cells: ['"' + cells[0], *cells[1:]], "line 5 holds a double quote"),  # would swallow later lines
+    (lambda cells: [cells[0], f'"{cells[1]}"', *cells[2:]], "line 5 holds a double quote"),  # would be unquoted
+    (lambda cells: cells[:2] + ["inf"] + cells[3:], "line 5 has rating inf"),
+    (lambda cells: cells[:3] + ["1e400"] + cells[4:], "line 5 has timestamp inf"),
     (lambda cells: cells[:4] + [""], "line 5 has no value for market"),          # an empty market
     (lambda cells: [cells[0], "", *cells[2:]], "line 5 has no value for item_id"),
     (lambda cells: cells[:2] + [""] + cells[3:], "line 5 has no value for rating"),
@@ -76,6 +82,10 @@ def test_a_row_that_would_be_dropped_or_misread_is_refused(tmp_path, edit, messa
     ("user_id", "header field 'user_id' has no known type"),
     ("user_id:token\titem_id:tokn", "header field 'item_id:tokn' has no known type"),
     ("user_id:token\titem_id:token\tuser_id:float", "names 'user_id' twice"),
+    ("user_id:token\titem_id:token_seq\trating:float\ttimestamp:float\tmarket:token",
+     "header field 'item_id:token_seq' must be 'item_id:token'"),
+    ("user_id:token\titem_id:token\trating:float\ttimestamp:token\tmarket:token",
+     "header field 'timestamp:token' must be 'timestamp:float'"),
     ("", "is empty"),
 ])
 def test_a_header_recbole_would_misread_is_refused(tmp_path, header, message):
@@ -163,6 +173,12 @@ def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
     ("--topk=[5,5]", "topk must be a non-empty list of distinct integers"),
     ("--metrics=['Recall','recall','NDCG']", "metrics must be a list of distinct ranking metrics"),
     ("--train_neg_sample_args={'distribution':'uniform','sample_num':0}", "sample_num is an integer >= 1"),
+    ("--bucket_window=0", "bucket_window must be an integer >= 1, or ~"),  # 0 would silently switch it off
+    ("--bucket_window=-4", "bucket_window must be an integer >= 1, or ~"),
+    ("--gpu_id=abc", "gpu_id must be a device number"),
+    ("--data_path=", "--data_path is empty"),
+    ("--epochs", "write --epochs=VALUE"),
+    ("--eval_protocol=full", "give the eval protocol as --protocol"),
 ])
 def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
     code, err = cli(["--model=ACMR", arg, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
@@ -187,6 +203,44 @@ def test_model_settings_recbole_never_checks_or_would_ignore(tmp_path, capsys, m
     assert not (tmp_path / "saved").exists()
 
 
+def test_a_gpu_asked_for_where_torch_sees_none_is_refused(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    code, err = cli(["--model=Pop", "--use_gpu=True", f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
+    assert code == 2 and len(err) == 1 and "use_gpu is True but torch sees no CUDA device" in err[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--epochs=1", "--epochs=2"], "--epochs is given twice (--epochs=1 and --epochs=2)"),
+    (["--market=aa", "--market=bb"], "--market is given twice"),
+    (["-m=Pop", "--model=EASE"], "--model is given twice"),
+])
+def test_a_flag_given_twice_is_refused(tmp_path, capsys, args, message):
+    code, err = cli([*args, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not (tmp_path / "saved").exists()
+
+
+def test_data_the_run_refuses_prints_its_error_line_alone(tmp_path, capsys):
+    root, lines = tiny_lines(tmp_path)
+    write_lines(root, lines + [lines[3]])  # found after the run folder is made and logging started
+    code, err = cli(["--model=Pop", "--market=bb", "--dataset=edited", f"--data_path={root}",
+                     f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
+    assert code == 2 and len(err) == 1 and "repeats a (user, item) pair" in err[0]
+    assert os.listdir(tmp_path / "saved") == []
+
+
+def test_a_market_emptied_by_the_filters_is_named_as_such(tmp_path):
+    root, lines = tiny_lines(tmp_path)
+    rows_of = {}
+    for line in lines[1:]:
+        rows_of.setdefault(line.split("\t")[0], []).append(line)
+    write_lines(root, [lines[0]] + [line for user_rows in rows_of.values() for line in
+                                    (user_rows[:2] if user_rows[0].endswith("\tcc") else user_rows)])
+    with pytest.raises(CrossMarketError, match="market 'cc' has no interaction left after filtering"):
+        split_of(root, market="cc", user_inter_num_interval="[3,inf)")
+
+
 def test_k_is_itemknns_setting_outside_recommend(tiny_root, tmp_path, capsys):
     code = main(["--model=ItemKNN", "--k=3", "--market=bb", "--dataset=tiny", f"--data_path={tiny_root}",
                  "--eval_neg_num=20", f"--checkpoint_dir={tmp_path / 'saved'}"])
@@ -197,6 +251,11 @@ def test_k_is_itemknns_setting_outside_recommend(tiny_root, tmp_path, capsys):
 @pytest.mark.parametrize("content, message", [
     ("", "holds nothing"), ("- 1\n- 2\n", "holds a list"), (None, "is a folder"), ("a: [\n", "is not valid yaml"),
     ("model: EASE\n", "sets model: EASE, but the run's model is Pop"),  # RecBole would ignore the file's
+    ("epochz: 1\n", "unknown key 'epochz'"),  # a typo would be a new, unused key
+    ("num_samples: 4\nspace: {}\n", "is a search file"),
+    ("MARKET_FIELD: [market]\n", "MARKET_FIELD must be a field name"),
+    ("data_path: 123\n", "data_path must be a folder path, got 123"),
+    ("field_separator: ','\n", "field_separator must be a tab"),
 ])
 def test_bad_config_files(tmp_path, capsys, content, message):
     path = tmp_path / "conf.yaml"

@@ -111,6 +111,8 @@ def test_a_new_users_items_are_excluded_and_other_markets_served(runs, model):
     (lambda r: recommend_histories(r, {"x": ["i1", "zz"]}), "unknown item(s) 'zz'"),
     (lambda r: recommend_histories(r, {"x": []}), "new user 'x' has an empty history"),
     (lambda r: recommend_histories(r, {"x": ["i1"]}, market="qq"), "unknown market 'qq'"),
+    (lambda r: recommend(r, []), "no user given"),
+    (lambda r: recommend_histories(r, {"x": ["i20", "i21", "i20"]}), "new user 'x' lists item 'i20' more than once"),
 ])
 def test_bad_requests_say_what_is_wrong(runs, call, message):
     with pytest.raises(CrossMarketError, match=None) as err:
@@ -177,6 +179,7 @@ def test_command_line_writes_csv_and_json(runs, tmp_path):
     (["--recommend", "RUN", "--histories", "missing.csv"], "history file missing.csv does not exist"),
     (["--recommend", "RUN", "--history", "i20", "--out", "recs.txt"], "--out must end in .csv or .json"),
     (["--recommend", "RUN", "--users", "nobody"], "unknown user(s) 'nobody'"),
+    (["--recommend", "RUN", "--users", ",,"], "--users names no user"),
 ])
 def test_command_line_bad_requests(runs, tmp_path, args, message):
     args = [runs["EASE"] if a == "RUN" else a for a in args]
@@ -196,6 +199,22 @@ def test_history_file_with_a_bad_row_names_its_line(runs, tmp_path):
         read_histories(str(tmp_path / "latin.csv"))
     (tmp_path / "bom.csv").write_bytes("\ufeffuser,item\nx,i20\n".encode())  # as spreadsheets save it
     assert read_histories(str(tmp_path / "bom.csv")) == {"x": ["i20"]}
+    for header in ("user,item,market", "user,user,item"):  # a column that would be ignored
+        (tmp_path / "extra.csv").write_text(f"{header}\nx,i20,cc\n")
+        with pytest.raises(CrossMarketError, match="once each and nothing else"):
+            read_histories(str(tmp_path / "extra.csv"))
+
+
+def test_a_run_whose_data_changed_is_refused(tiny_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(os.path.join(tiny_root, "tiny"), data / "tiny")
+    path, _ = run("EASE", "bb", config_dict={"dataset": "tiny", "data_path": str(data), "eval_neg_num": 20,
+                                              "checkpoint_dir": str(tmp_path / "saved"), "state": "WARNING"})
+    assert load_run(path).model is not None
+    with open(data / "tiny" / "tiny.inter", "a") as f:
+        f.write("bb_new\ti20\t5.0\t1\tbb\n")
+    with pytest.raises(CrossMarketError, match="the data changed since this run was trained \\(tiny.inter"):
+        load_run(path)
 
 
 @pytest.mark.parametrize("model", ["ACMR", "EASE", "SASRec"])

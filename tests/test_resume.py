@@ -72,7 +72,13 @@ def test_resume_refuses_other_settings_and_folders_without_a_state(tiny_root, tm
     assert os.path.isdir(folder), "a refused resume leaves the folder as it was"
     with pytest.raises(CrossMarketError, match="unfinished run folder \\(a name ending in .incomplete\\)"):
         run("ACMR", "bb", config_dict=settings, resume=str(tmp_path))
-    for state in glob.glob(os.path.join(folder, "*.resume.pth")):
+    states = glob.glob(os.path.join(folder, "*.resume.pth"))
+    with open(states[0], "r+b") as f:  # a state cut short, as a full disk leaves it
+        f.truncate(os.path.getsize(states[0]) // 2)
+    with pytest.raises(CrossMarketError, match="cannot be resumed"):
+        run("ACMR", "bb", config_dict=settings, resume=folder)
+    assert os.path.isfile(states[0]), "a failed resume leaves the folder as it was"
+    for state in states:
         os.remove(state)
     with pytest.raises(CrossMarketError, match="holds no training state to resume"):
         run("ACMR", "bb", config_dict=settings, resume=folder)

@@ -1,5 +1,7 @@
 """CrossMarketDataset: RecBole's Dataset with a market field and a leave-one-out cross-market split."""
 
+import glob
+import hashlib
 import os
 
 import numpy as np
@@ -40,6 +42,7 @@ class CrossMarketDataset(Dataset):
                 f"'python -m recbole_cmr.data.convert <folder of <market>_5core.txt>'"
             )
         self._check_header(inter_path)
+        self._check_lines(inter_path)
         try:
             super()._load_data(token, dataset_path)
         except (ValueError, KeyError, pd.errors.ParserError) as err:
@@ -50,17 +53,20 @@ class CrossMarketDataset(Dataset):
             ) from err
         missing = [f for f in (self.uid_field, self.iid_field, self.market_field) if f not in self.inter_feat]
         if missing:
+            roles = {self.uid_field: ("USER_ID_FIELD", "the user"), self.iid_field: ("ITEM_ID_FIELD", "the item"),
+                     self.market_field: ("MARKET_FIELD", "the interaction's market")}
+            key, what = roles[missing[0]]
             raise CrossMarketError(
-                f"atomic file {inter_path} has no field(s) {missing}; add a '{self.market_field}:token' column "
-                f"naming each interaction's market (see 'python -m recbole_cmr.data.convert'), "
-                f"or point MARKET_FIELD at the column that holds it"
+                f"atomic file {inter_path} has no field(s) {missing}; add a '{missing[0]}:token' column naming "
+                f"{what} of each row (see 'python -m recbole_cmr.data.convert'), or point {key} at the column "
+                "that holds it"
             )
+        self.raw_markets = set(self.inter_feat[self.market_field].astype(str).str.lower())
         self._check_rows(inter_path)
         self._lower_case_markets(inter_path)
         self._check_one_market_per_user(inter_path)
 
-    @staticmethod
-    def _check_header(inter_path):
+    def _check_header(self, inter_path):
         """The header line RecBole would misread (or read with a wrong field name) stops here, named."""
         with open(inter_path, "rb") as f:
             first = f.readline()
@@ -83,6 +89,30 @@ class CrossMarketDataset(Dataset):
         if repeated:
             raise CrossMarketError(f"atomic file {inter_path}: the header names {repeated[0]!r} twice; "
                                    "give each field once")
+        wanted = {self.uid_field: "token", self.iid_field: "token", self.market_field: "token",
+                  self.config["RATING_FIELD"]: "float", self.config["TIME_FIELD"]: "float"}
+        for field in fields:
+            name, _, kind = field.rpartition(":")
+            if wanted.get(name, kind) != kind:
+                raise CrossMarketError(f"atomic file {inter_path}: header field {field!r} must be "
+                                       f"'{name}:{wanted[name]}' (one {wanted[name]} per row)")
+
+    @staticmethod
+    def _check_lines(inter_path):
+        """Lines RecBole's CSV reader would merge, cut or unquote without a word: quote characters (a quoted
+        field may swallow the lines after it) and lines with more or fewer tab-separated fields than the header."""
+        with open(inter_path, "rb") as f:
+            width = f.readline().count(b"\t") + 1
+            for number, line in enumerate(f, 2):
+                if b'"' in line:
+                    raise CrossMarketError(f"atomic file {inter_path}: line {number} holds a double quote, which the "
+                                           "reader takes as CSV quoting (a token could absorb the lines after it); "
+                                           "remove or replace the quote characters")
+                fields = line.rstrip(b"\r\n").count(b"\t") + 1
+                if fields != width and line.strip():
+                    raise CrossMarketError(f"atomic file {inter_path}: line {number} has {fields} tab-separated "
+                                           f"fields where the header has {width}; give every line one value per "
+                                           "header field")
 
     def _check_rows(self, inter_path):
         """Refuse rows RecBole would drop or misread without a word: none is silently lost."""
@@ -99,6 +129,13 @@ class CrossMarketDataset(Dataset):
                 f"({int(bad.sum())} such row(s)); every row needs a value in each of the header's "
                 f"{len(feat.columns)} tab-separated fields: fill or remove those rows"
             )
+        for field in feat.columns[feat.dtypes.map(lambda t: np.issubdtype(t, np.number))]:
+            infinite = ~np.isfinite(feat[field].to_numpy(dtype=float))
+            if infinite.any():
+                first = int(np.flatnonzero(infinite)[0])
+                raise CrossMarketError(f"atomic file {inter_path}: line {first + 2} has {field} "
+                                       f"{feat[field].iloc[first]} ({int(infinite.sum())} such row(s)); "
+                                       f"{field} must be a finite number")
         for field in (self.uid_field, self.iid_field, self.market_field):
             text = feat[field].astype(str)
             padded = (text != text.str.strip()).to_numpy()
@@ -165,6 +202,12 @@ class CrossMarketDataset(Dataset):
     def market_id(self, name):
         """Id of a market name; unknown names list the known ones."""
         name = str(name).lower()
+        if name not in self.field2token_id[self.market_field] and name in getattr(self, "raw_markets", ()):
+            raise CrossMarketError(
+                f"market {name!r} has no interaction left after filtering (user_inter_num_interval: "
+                f"{self.config['user_inter_num_interval']}, item_inter_num_interval: "
+                f"{self.config['item_inter_num_interval']}); loosen the filters or add data"
+            )
         if name not in self.field2token_id[self.market_field]:
             raise CrossMarketError(
                 f"unknown market {name!r}; the dataset {self.dataset_name!r} has markets: {', '.join(self.markets)}"
@@ -334,3 +377,14 @@ def create_dataset(config):
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         return CrossMarketSequentialDataset(config)
     return CrossMarketDataset(config)
+
+
+def atomic_files_digest(config):
+    """SHA-256 of each of the dataset's atomic files: a saved run records them, and using the run later on
+    changed data is refused (a closed-form model would be refitted on other rows without a word)."""
+    folder, name = config["data_path"], config["dataset"]
+    digests = {}
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), glob.escape(name) + ".*"))):
+        with open(path, "rb") as f:
+            digests[os.path.basename(path)] = hashlib.file_digest(f, "sha256").hexdigest()
+    return digests
