@@ -165,6 +165,8 @@ def main(argv=None):
         kept = getattr(err, "kept_run", None)
         if args.recommend:
             where = "nothing was written"
+        elif getattr(err, "kept_search", None):
+            where = f"the same --tune command resumes the search in {err.kept_search}"
         elif kept and args.compare:
             where = f"the cell's unfinished run is kept in {kept}; the same --compare command continues it"
         elif kept:

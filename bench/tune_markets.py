@@ -18,6 +18,7 @@ minutes); a search that is interrupted resumes when the command is run again, a 
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -26,7 +27,9 @@ import warnings
 
 import yaml
 
-from recbole_cmr.compare import REFERENCES, compare
+from recbole_cmr.compare import NOTHING_TO_TUNE, REFERENCES, compare
+from recbole_cmr.config import make_config
+from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
 from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_text
@@ -41,6 +44,51 @@ SETTINGS = {"epochs": 50, "stopping_step": 5}
 
 def search_file(model):
     return os.path.join(REPO, "props", "tune", f"{model.lower()}.yaml")
+
+
+def searchable_models():
+    """The models with a search file: ``props/tune/<model in lower case>.yaml`` whose ``model`` is that model."""
+    models = []
+    for path in sorted(glob.glob(os.path.join(REPO, "props", "tune", "*.yaml"))):
+        with open(path) as f:
+            model = str((yaml.safe_load(f) or {}).get("model"))
+        if search_file(model) == path:
+            models.append(model)
+    return models
+
+
+def name_list(text, flag):
+    """A comma list of names, each given once."""
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:
+        raise CrossMarketError(f"{flag} has an empty name in {text!r}; separate the names by single commas")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CrossMarketError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
+    return names
+
+
+def check_arguments(args):
+    """(models, markets, seeds) of the command, each checked before the first search: a bad one would otherwise
+    stop the command hours in, or fail every trial of its searches."""
+    models = name_list(args.models, "--models")
+    markets = name_list(args.markets.lower(), "--markets")
+    tunable = searchable_models()
+    for model in models:
+        if model not in tunable:
+            why = ("has nothing to tune (--rerun runs it beside the tuned models)" if model in NOTHING_TO_TUNE
+                   else "has no search file in props/tune/ (model names are case-sensitive)")
+            raise CrossMarketError(f"--models: {model} {why}; models with a search file: {', '.join(tunable)}")
+    if args.seeds is not None and not args.rerun:
+        raise CrossMarketError("--seeds is for --rerun; drop it, or add --rerun to test the selected settings")
+    try:
+        seeds = [int(seed) for seed in (args.seeds or "2020,2021,2022").split(",")] if args.rerun else None
+    except ValueError:
+        raise CrossMarketError(f"--seeds must be comma separated integers, got {args.seeds!r}") from None
+    dataset = create_dataset(make_config(models[0], markets[0], None, {"dataset": "xmarket", "state": "WARNING"}))
+    for market in markets:
+        dataset.market_id(market)  # unknown markets list the known ones
+    return models, markets, seeds
 
 
 def searches(models, markets):
@@ -93,16 +141,36 @@ def cost_table(results):
 
 
 def main(argv=None):
+    """The command; a bad argument is one ``error:`` line and exit code 2, Ctrl-C one line and 130 (the same command
+    continues)."""
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markets", default="IN,JP,DE")
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--rerun", action="store_true", help="rerun the selected configurations on --seeds")
-    parser.add_argument("--seeds", default="2020,2021,2022")
+    parser.add_argument("--seeds", default=None, help="--rerun: comma list of seeds (default 2020,2021,2022)")
     parser.add_argument("--results", default=os.path.join(BENCH, "results"))
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too
-    models, markets = args.models.split(","), [m.lower() for m in args.markets.split(",")]
+    try:
+        return _main(args)
+    except CrossMarketError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a --results folder that is read-only, a file, or on a full disk
+        where = f" {err.filename}" if err.filename else ""
+        print(f"error: cannot write or read{where}: {err.strerror or err}; choose a writable --results folder with "
+              "free space", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        search = getattr(err, "kept_search", None)
+        where = f"resumes the search in {search}" if search else "continues from the finished searches and cells"
+        print(f"error: interrupted; the same command {where}", file=sys.stderr)
+        return 130
+
+
+def _main(args):
+    models, markets, seeds = check_arguments(args)
     tuned = os.path.join(args.results, "tune")
     if args.rerun:
         from compare_markets import summary
@@ -115,7 +183,7 @@ def main(argv=None):
             started = time.time()
             for scopes in dict.fromkeys(tuple(s) for s in groups.values()):
                 out = compare([m for m in models if tuple(groups[m]) == scopes], [market],
-                              [int(s) for s in args.seeds.split(",")], "market", list(scopes),
+                              seeds, "market", list(scopes),
                               os.path.join(args.results, "compare-tuned"), {"dataset": "xmarket", **SETTINGS},
                               os.path.join(BENCH, "work", "pretrained"), test_protocols=["full", "paper"],
                               tuned_dir=tuned, references=REFERENCES)

@@ -36,8 +36,13 @@ resumes where it was interrupted: finished trials are kept, and an unfinished tr
 last epoch it finished (its run folder in the trial's folder keeps the training state).
 """
 
+import contextlib
 import copy
+import difflib
+import glob
 import json
+import logging
+import math
 import os
 import sys
 import threading
@@ -47,7 +52,8 @@ import numpy as np
 import torch
 import yaml
 
-from recbole_cmr.config import check_settings, make_config
+from recbole_cmr.config import check_overrides_fit, check_settings, known_config_keys, make_config
+from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.quick_start import REPORTED_METRICS, find_resumable_run, run
 from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
 
@@ -63,6 +69,11 @@ def search_name(model, scope, market):
     """Folder name of the search of ``model`` in a scope (single, ++, searched, cross-market) on ``market``;
     a tuned comparison finds each cell's configuration by it."""
     return f"{model}-{scope.replace('+', 'p')}-{market.lower()}"
+
+
+def _is_number(value):
+    """A finite number; yaml's true and false are Python bools, which pass for the integers 1 and 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def load_search(path):
@@ -88,17 +99,17 @@ def load_search(path):
     if str(search["metric"]).lower() not in REPORTED_METRICS:
         raise CrossMarketError(f"search file {path}: metric must be one of "
                                f"{', '.join(m.upper() for m in REPORTED_METRICS)}, got {search['metric']!r}")
-    if not isinstance(search["num_samples"], int) or search["num_samples"] < 1:
-        raise CrossMarketError(f"search file {path}: num_samples must be an integer >= 1")
-    if not isinstance(search["grace_period"], (int, float)) or isinstance(search["grace_period"], bool) \
-            or not search["grace_period"] > 0:
+    samples = search["num_samples"]
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise CrossMarketError(f"search file {path}: num_samples must be an integer >= 1, got {samples!r}")
+    if not _is_number(search["grace_period"]) or not search["grace_period"] > 0:
         raise CrossMarketError(f"search file {path}: grace_period must be a number > 0 (passes over all markets' "
                                f"training rows before ASHA may stop a trial), got {search['grace_period']!r}")
     if not isinstance(search["fixed"], dict):
         raise CrossMarketError(f"search file {path}: fixed must map config keys to values, got {search['fixed']!r}")
     resources = search["resources_per_trial"]
     if not isinstance(resources, dict) or set(resources) - {"cpu", "gpu"} \
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in resources.values()) \
+            or not all(_is_number(v) and v >= 0 for v in resources.values()) \
             or not resources.get("cpu"):
         raise CrossMarketError(f"search file {path}: resources_per_trial must be {{cpu: N, gpu: M}} with N > 0 and "
                                f"M >= 0, got {resources!r}")
@@ -118,8 +129,8 @@ def check_distribution(name, spec):
         if not isinstance(args, list) or not args:
             raise CrossMarketError(f"parameter {name!r}: {kind} needs a non-empty list of values")
         return
-    if not isinstance(args, list) or len(args) != 2 or not all(isinstance(a, (int, float)) for a in args):
-        raise CrossMarketError(f"parameter {name!r}: {kind} needs [low, high]")
+    if not isinstance(args, list) or len(args) != 2 or not all(_is_number(a) for a in args):
+        raise CrossMarketError(f"parameter {name!r}: {kind} needs [low, high] (two numbers), got {args!r}")
     low, high = args
     if low >= high:
         raise CrossMarketError(f"parameter {name!r}: {kind} needs low < high, got [{low}, {high}]")
@@ -129,8 +140,26 @@ def check_distribution(name, spec):
         raise CrossMarketError(f"parameter {name!r}: randint needs integer bounds")
 
 
+def check_search_keys(search, model, config_files):
+    """Refuse a key of ``fixed`` or ``space`` as the command line refuses ``--epochz=1``: a typo, or a setting of
+    another model, would pass into every trial and best.yaml and be read by none."""
+    known = known_config_keys(config_files)
+    for part in ("fixed", "space"):
+        unknown = [key for key in search[part] if key not in known]
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), list(known), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise CrossMarketError(f"the search file's {part} has unknown config key {unknown[0]!r}{hint}; its keys "
+                                   "must be ones RecBole's, the plugin's or a --config_files yaml defines")
+        try:
+            check_overrides_fit(list(search[part]), [model], config_files)
+        except CrossMarketError as err:
+            raise CrossMarketError(f"the search file's {part}: {err}") from None
+
+
 def check_parameters(search, model, market, config_files, config_dict):
     """Every searched parameter must be a config key of the model; also validates the fixed config."""
+    check_search_keys(search, model, config_files)
     config = make_config(model, market, config_files, {**config_dict, **search["fixed"]})
     missing = [name for name in search["space"] if name not in config.final_config_dict]
     if missing:
@@ -250,6 +279,7 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
     config_dict = dict(config_dict or {})
     config_dict["valid_metric"] = search["metric"]
     base = check_parameters(search, model, market, config_files, config_dict)
+    create_dataset(base).split_indices()  # the split's own checks (an unknown market, ...) before any folder or Ray
     defaults = default_points(search, base)
     market = base["target_market"]  # --market, else the config files' or the yaml's target_market
     config_dict["data_path"] = os.path.dirname(base["data_path"])  # absolute: Ray runs each trial in its own folder
@@ -265,11 +295,11 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
                                              "config_files": config_files})
     print(f"{'resuming the search' if resuming else 'new search'} in {out_dir}", flush=True)
 
-    if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
+        if address:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
         scheduler = defaults_keeping_asha(defaults, search["grace_period"]) if search["scheduler"] == "asha" \
             else FIFOScheduler()
         resources = {k: v for k, v in search["resources_per_trial"].items() if v}
@@ -286,11 +316,43 @@ def tune_model(model, market, search_file, config_files=None, config_dict=None, 
                                      callbacks=[] if sys.stdout.isatty() else
                                      [_trial_lines(trial_count(search, len(defaults)))]),
         )
-        with SearchClock(out_dir):
+        with SearchClock(out_dir), _without_ray_interrupt_lines():
             grid = tuner.fit()
+        if interrupted(grid, trial_count(search, len(defaults))):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt as err:
+        err.kept_search = out_dir  # the same command resumes the search
+        raise
     finally:
         ray.shutdown()
     return summarize(grid, search, defaults, model, market, config_files, config_dict, out_dir, test_best)
+
+
+#: Ray's log lines at the first Ctrl-C (with its advice to call Tuner.restore), and on trials that have not reported:
+#: the command's own line says the search was interrupted and that the same command resumes it.
+RAY_INTERRUPT_LINES = {"ray.tune.tune": ("Stop signal received", "Experiment has been interrupted"),
+                       "ray.tune.analysis.experiment_analysis": ("Failed to read the results",)}
+
+
+@contextlib.contextmanager
+def _without_ray_interrupt_lines():
+    """Drops ``RAY_INTERRUPT_LINES`` while Ray runs the search."""
+    filters = {name: lambda record, starts=starts: not str(record.msg).startswith(starts)
+               for name, starts in RAY_INTERRUPT_LINES.items()}
+    for name, keep in filters.items():
+        logging.getLogger(name).addFilter(keep)
+    try:
+        yield
+    finally:
+        for name, keep in filters.items():
+            logging.getLogger(name).removeFilter(keep)
+
+
+def interrupted(grid, total):
+    """Whether Ray ended ``fit()`` before the search's end, as it does at the first Ctrl-C (its state saved, every
+    trial marked terminated): a trial still to be sampled, or one that neither failed nor ended (a trial that returns,
+    or that the scheduler stops, gets ``done`` in its last result)."""
+    return len(grid) < total or any(not r.error and not (r.metrics or {}).get("done") for r in grid)
 
 
 def trial_count(search, defaults):
@@ -378,7 +440,8 @@ def _trial_number(result, position):
 def check_search_folder(out_dir, settings):
     """Create the search folder, or find an interrupted search of the same settings in it to resume.
 
-    Returns True when resuming. A finished search, or one run with other settings, is refused.
+    Returns True when resuming (Ray saved the search's state). A finished search, or one run with other settings, is
+    refused.
     """
     recorded_path = os.path.join(out_dir, "search.json")
     settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
@@ -388,7 +451,7 @@ def check_search_folder(out_dir, settings):
         return False
     if os.path.exists(os.path.join(out_dir, "summary.md")):
         raise CrossMarketError(f"{out_dir} holds a finished search (summary.md); choose another --out")
-    if not os.path.exists(recorded_path) or not os.path.isdir(os.path.join(out_dir, "ray")):
+    if not os.path.exists(recorded_path):
         raise CrossMarketError(f"{out_dir} exists but holds no search to resume; choose another --out")
     try:
         with open(recorded_path, encoding="utf-8") as f:
@@ -398,7 +461,11 @@ def check_search_folder(out_dir, settings):
     if recorded != settings:
         raise CrossMarketError(f"{out_dir} holds a search with other settings (see {recorded_path}); resume it "
                                "with the same search file and overrides, or choose another --out")
-    return True
+    # a session stopped before Ray saved the search's state (Ctrl-C while Ray starts) left nothing to restore: the
+    # search starts again in its folder
+    ray_dir = os.path.join(out_dir, "ray")
+    saved = glob.glob(os.path.join(ray_dir, "experiment_state-*.json"))
+    return bool(saved) and os.path.exists(os.path.join(ray_dir, "tuner.pkl"))
 
 
 def _total(history, column):
@@ -421,8 +488,8 @@ def summarize(grid, search, defaults, model, market, config_files, config_dict, 
                            "valid_score": float(row["valid_score"])})
         done = history[history["phase"] == "done"] if history is not None else []
         finished = len(done) > 0
-        trials.append({"trial": i, "defaults": is_defaults(result.config, defaults),
-                       **{n: result.config.get(n) for n in names},
+        config = result.config or {}  # Ray has no config for a trial that never reported
+        trials.append({"trial": i, "defaults": is_defaults(config, defaults), **{n: config.get(n) for n in names},
                        "valid_score": float(done["valid_score"].iloc[-1]) if finished else float("nan"),
                        "best_epoch_score": float(per_epoch["valid_score"].max()) if len(per_epoch) else float("nan"),
                        "epochs_run": len(per_epoch), "stopped_early": not finished,

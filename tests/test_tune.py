@@ -2,13 +2,17 @@
 
 import csv
 import glob
+import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import ray
 import yaml
@@ -18,6 +22,8 @@ from recbole_cmr.tune import SearchClock, tune_model
 from recbole_cmr.utils import CrossMarketError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: ``fixed`` for Pop and EASE searches: write_search's default holds ACMR's settings, which those models refuse.
+PLAIN_FIXED = {"epochs": 1, "eval_neg_num": 20}
 
 
 def write_search(tmp_path, space, **extra):
@@ -38,7 +44,10 @@ def tiny_dict(tiny_root, tmp_path):
     ({"learning_rate": {"normal": [0, 1]}}, "unknown distribution 'normal'"),
     ({"n_layers": {"choice": []}}, "choice needs a non-empty list"),
     ({"learning_rate": {"uniform": [0.1, 0.01]}}, "needs low < high"),
-    ({"not_a_parameter": {"choice": [1, 2]}}, "has no parameter\\(s\\) \\['not_a_parameter'\\]"),
+    ({"learning_rate": {"uniform": [False, True]}}, "uniform needs \\[low, high\\] \\(two numbers\\)"),
+    ({"not_a_parameter": {"choice": [1, 2]}}, "space has unknown config key 'not_a_parameter'"),
+    ({"k": {"choice": [5, 10]}}, "space: --k is a setting of .*ItemKNN.*, not of ACMR"),
+    ({"eval_args": {"choice": [{"order": "TO"}]}}, "space: eval_args is set by recbole-cmr"),
 ])
 def test_bad_search_space_fails_before_any_trial(tiny_root, tmp_path, space, message):
     with pytest.raises(CrossMarketError, match=message):
@@ -57,7 +66,10 @@ def test_a_metric_the_trials_do_not_report_fails_before_any_trial(tiny_root, tmp
 
 @pytest.mark.parametrize("settings, message", [
     ({"grace_period": 0}, "grace_period must be a number > 0"),
+    ({"num_samples": True}, "num_samples must be an integer >= 1, got True"),  # yaml's true is no count
     ({"fixed": ["epochs", 1]}, "fixed must map config keys to values"),
+    ({"fixed": {"epochz": 1}}, "fixed has unknown config key 'epochz' \\(did you mean epochs\\?\\)"),
+    ({"fixed": {"reg_weight": 10.0}}, "fixed: --reg_weight is a setting of .*, not of ACMR"),
     ({"resources_per_trial": {"cpu": 0}}, "resources_per_trial must be"),
     ({"resources_per_trial": {"cpus": 1}}, "resources_per_trial must be"),
     ({"resources_per_trial": {"cpu": 10_000}}, "asks for 10000 CPUs per trial; this machine has"),  # Ray would wait
@@ -68,6 +80,62 @@ def test_bad_search_settings_fail_before_ray(tiny_root, tmp_path, settings, mess
         tune_model("ACMR", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path))
     assert not ray.is_initialized()
     assert not (tmp_path / "saved").exists()
+
+
+def test_an_unknown_market_fails_before_ray_and_leaves_no_search_folder(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"reg_weight": {"grid": [1.0, 5000.0]}}, fixed=PLAIN_FIXED)
+    out = tmp_path / "search"
+    message = "unknown market 'zz'; the dataset 'tiny' has markets: aa, bb, cc"
+    with pytest.raises(CrossMarketError, match=message):
+        tune_model("EASE", "zz", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=str(out))
+    assert not ray.is_initialized()
+    assert not out.exists() and not (tmp_path / "saved").exists()
+    cli = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=EASE", "--market=zz",
+                          f"--tune={search}", f"--out={out}", "--dataset=tiny", f"--data_path={tiny_root}",
+                          f"--checkpoint_dir={tmp_path / 'saved'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert (cli.returncode, cli.stderr.splitlines()) == (2, [f"error: {message}"])
+    assert not out.exists() and not (tmp_path / "saved").exists()
+
+
+def test_a_search_stopped_before_ray_saved_its_state_starts_again_in_its_folder(tmp_path):
+    from recbole_cmr.tune import check_search_folder
+
+    out, settings = str(tmp_path / "search"), {"model": "Pop", "market": "bb"}
+    assert check_search_folder(out, settings) is False
+    assert check_search_folder(out, settings) is False  # Ctrl-C while Ray started: nothing to restore
+    os.makedirs(os.path.join(out, "ray"))
+    for name in ("tuner.pkl", "experiment_state-2026-01-01_00-00-00.json"):  # what Ray saves once it runs
+        open(os.path.join(out, "ray", name), "w").close()
+    assert check_search_folder(out, settings) is True
+
+
+def fake_result(position, config=None, done=False, error=None, history=None):
+    """A trial's result as Ray's ResultGrid gives it; one that never reported has no config and no metrics."""
+    metrics = {"trial_id": f"fake_{position:05d}", "done": done} if config else None
+    return SimpleNamespace(config=config, metrics=metrics, error=error, metrics_dataframe=history)
+
+
+def test_an_interrupted_search_is_told_from_a_finished_one_and_unreported_trials_are_summarised(tmp_path):
+    from recbole_cmr.tune import interrupted, summarize
+
+    history = pd.DataFrame([{"phase": "train", "epoch": 0, "valid_score": 0.2, "time_total_s": 1.0, "cpu_s": 0.9},
+                            {"phase": "done", "epoch": -1, "valid_score": 0.2, "time_total_s": 1.5, "cpu_s": 1.2}])
+    finished = fake_result(0, {"learning_rate": 0.001}, done=True, history=history)
+    stopped = fake_result(1, {"learning_rate": 0.01}, done=True, history=history.iloc[:1])  # by the scheduler
+    failed = fake_result(2, {"learning_rate": 0.1}, error=RuntimeError("failed"))
+    running = fake_result(3, {"learning_rate": 0.02}, history=history.iloc[:1])  # Ray marks it terminated at Ctrl-C
+    unreported = fake_result(4)
+    assert not interrupted([finished, stopped, failed], 3)
+    assert interrupted([finished, stopped, failed], 4)  # a trial still to be sampled
+    assert interrupted([finished, running], 2) and interrupted([finished, unreported], 2)
+    search = {"space": {"learning_rate": {"choice": [0.001, 0.01]}}, "fixed": {}, "metric": "NDCG@5",
+              "scheduler": "fifo", "resources_per_trial": {"cpu": 1}}
+    (tmp_path / "search_seconds.txt").write_text("3.0\n")
+    summarize([finished, unreported], search, [{"learning_rate": 0.001}], "Pop", "bb", [],
+              {"eval_protocol": "market"}, str(tmp_path), test_best=False)
+    trials = read_csv(tmp_path / "trials.csv")
+    assert [(t["trial"], t["defaults"], t["learning_rate"], t["stopped_early"]) for t in trials] == [
+        ("0", "True", "0.001", "False"), ("1", "False", "", "True")]
 
 
 def read_csv(path):
@@ -120,7 +188,8 @@ def test_search_on_a_two_node_cluster(tiny_root, tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1)
-        search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}}, scheduler="fifo")
+        search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}}, scheduler="fifo",
+                              fixed=PLAIN_FIXED)
         out = tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path),
                          ray_address=cluster.address)
         trials = read_csv(os.path.join(out, "trials.csv"))
@@ -139,7 +208,7 @@ def test_shipped_search_files_fit_their_model(tiny_root, tmp_path, search_file):
 
 
 def test_an_interrupted_search_resumes_in_its_folder_and_other_settings_are_refused(tiny_root, tmp_path):
-    search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}}, scheduler="fifo")
+    search = write_search(tmp_path, {"learning_rate": {"grid": [0.001, 0.01]}}, scheduler="fifo", fixed=PLAIN_FIXED)
     out = str(tmp_path / "search")
     tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path), out_dir=out)
     first = read_csv(os.path.join(out, "trials.csv"))
@@ -213,7 +282,8 @@ def test_asha_never_stops_the_defaults_trial_but_compares_the_others_with_it():
 
 def test_the_same_search_samples_the_same_configurations_after_the_defaults_of_each_scope(tiny_root, tmp_path):
     search = write_search(tmp_path, {"learning_rate": {"loguniform": [0.0001, 0.01]},
-                                     "train_markets": {"choice": ["target", "all"]}}, scheduler="fifo", num_samples=2)
+                                     "train_markets": {"choice": ["target", "all"]}}, scheduler="fifo", num_samples=2,
+                          fixed=PLAIN_FIXED)
     sampled = []
     for attempt in ("first", "second"):
         out = tune_model("Pop", "bb", search, config_dict=tiny_dict(tiny_root, tmp_path),
@@ -299,3 +369,60 @@ def test_a_killed_search_continues_its_unfinished_trials_from_their_last_epoch(t
     assert [resumed for *_, resumed in scores(clean)] == ["False", "False"]
     # a finished trial keeps no run folder: Ray holds its results
     assert not glob.glob(os.path.join(killed, "ray", "*", "checkpoints", "*"))
+
+
+def test_ctrl_c_during_a_search_is_one_line_and_the_same_command_resumes_it(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"reg_weight": {"loguniform": [1.0, 10000.0]}}, scheduler="fifo", num_samples=4,
+                          fixed=PLAIN_FIXED)
+    out = tmp_path / "search"
+    command = [sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=EASE", "--market=bb",
+               f"--tune={search}", f"--out={out}", "--dataset=tiny", f"--data_path={tiny_root}",
+               f"--checkpoint_dir={tmp_path / 'saved'}"]
+    proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not glob.glob(os.path.join(out, "ray", "trainable_*")):
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: to the command's whole process group
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        kill_session(proc.pid)
+        proc.wait()
+    lines = stderr.splitlines()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert [line for line in lines if "\tINFO " not in line] == [lines[-1]], stderr[-3000:]  # Ray's start-up lines
+    assert lines[-1] == f"error: interrupted; the same --tune command resumes the search in {out}"
+    assert not (out / "summary.md").exists()
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming the search in {out}" in again.stdout
+    trials = read_csv(out / "trials.csv")
+    assert len(trials) == 5 and not any(t["error"] for t in trials)  # the defaults and the four samples
+
+
+def load_bench(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--markets", "IN,XX"], "unknown market 'xx'; the dataset 'xmarket' has markets: ca, de, fr, in, jp, mx, uk"),
+    (["--markets", "IN", "--models", "EASE,Nope"],
+     "--models: Nope has no search file in props/tune/ .*; models with a search file: ACMR, BPR, .*EASE"),
+    (["--markets", "IN", "--models", "Pop"], "--models: Pop has nothing to tune"),
+    (["--markets", "IN,in"], "--markets lists in more than once"),
+    (["--rerun", "--seeds", "abc"], "--seeds must be comma separated integers, got 'abc'"),
+    (["--seeds", "2020"], "--seeds is for --rerun"),
+])
+def test_the_benchmark_searches_refuse_bad_arguments_in_one_line_before_ray(tmp_path, capsys, monkeypatch, argv,
+                                                                             message):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # the script trims the command line RecBole would read
+    argv = [*argv, *([] if "--models" in argv else ["--models", "EASE"]), "--results", str(tmp_path / "results")]
+    assert load_bench("tune_markets").main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and re.match(f"error: {message}", err[0]), err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "results").exists()
