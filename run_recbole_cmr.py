@@ -15,7 +15,7 @@ import sys
 import warnings
 
 try:  # imports torch: a second or two in which Ctrl-C would otherwise print a traceback
-    from recbole_cmr.utils import CrossMarketError
+    from recbole_cmr.utils import CrossMarketError, interrupt_line, io_error_line, raise_terminated
 except KeyboardInterrupt:
     print("error: interrupted while starting; nothing was written", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
@@ -135,21 +135,13 @@ def int_list(text, flag):
         raise CrossMarketError(f"{flag} must be comma separated integers, got {text!r}") from None
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a scheduler's stop) as an interrupt: the same clean-up as Ctrl-C."""
-
-
-def _terminate(signum, frame):
-    raise Terminated
-
-
 def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
     argv = sys.argv[1:] if argv is None else argv
     parser, args, unknown = parse_args(argv)
     program_argv, sys.argv = sys.argv, sys.argv[:1]  # overrides go in config_dict; RecBole must not re-read argv
-    on_sigterm = signal.signal(signal.SIGTERM, _terminate)
+    on_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         check_repeated_flags(parser, argv)
         return _main(parser, args, unknown)
@@ -157,9 +149,8 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # an output folder that is read-only, a file, or on a full disk
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: cannot write or read{where}: {err.strerror or err}; choose a writable folder with free "
-              "space (--checkpoint_dir, --out) and check the input paths", file=sys.stderr)
+        print(io_error_line(err, "choose a writable folder with free space (--checkpoint_dir, --out) and check the "
+                                 "input paths"), file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         kept = getattr(err, "kept_run", None)
@@ -173,8 +164,9 @@ def main(argv=None):
             where = f"the unfinished run is kept in {kept}; add --resume={kept} to the same command to continue it"
         else:
             where = "unfinished run folders were removed (a --compare grid resumes where it stopped)"
-        print(f"error: {'terminated' if isinstance(err, Terminated) else 'interrupted'}; {where}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+        line, status = interrupt_line(err, where)
+        print(line, file=sys.stderr)
+        return status
     finally:
         signal.signal(signal.SIGTERM, on_sigterm)
         sys.argv = program_argv

@@ -32,7 +32,7 @@ from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
-from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, get_model, io_error_line, read_csv_rows, write_text
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -158,9 +158,7 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a --results folder that is read-only, a file, or on a full disk
-        where = f" {err.filename}" if err.filename else ""
-        print(f"error: cannot write or read{where}: {err.strerror or err}; choose a writable --results folder with "
-              "free space", file=sys.stderr)
+        print(io_error_line(err, "choose a writable --results folder with free space"), file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         search = getattr(err, "kept_search", None)

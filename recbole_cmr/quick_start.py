@@ -469,6 +469,9 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
             if isinstance(handler, logging.FileHandler):
                 handler.close()
                 logging.getLogger().removeHandler(handler)
+            elif isinstance(handler, MemoryHandler):  # console lines of a run refused while reading its data
+                handler.setTarget(None)  # logging's exit would still print them
+                logging.getLogger().removeHandler(handler)
     if not saved:
         run_dir.discard()
         return None, rows

@@ -5,6 +5,7 @@ import difflib
 import os
 import pkgutil
 import re
+import signal
 import time
 
 import recbole.model
@@ -14,6 +15,27 @@ from recbole.utils import get_model as get_recbole_model
 
 class CrossMarketError(ValueError):
     """Bad input from the user: the message says what is wrong and how to fix it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop) as an interrupt: the same clean-up as Ctrl-C."""
+
+
+def raise_terminated(signum, frame):
+    """A SIGTERM handler: ``signal.signal(signal.SIGTERM, raise_terminated)``."""
+    raise Terminated
+
+
+def interrupt_line(err, outcome):
+    """A command's one line and exit status for Ctrl-C or SIGTERM, saying what became of its output."""
+    word, signum = ("terminated", signal.SIGTERM) if isinstance(err, Terminated) else ("interrupted", signal.SIGINT)
+    return f"error: {word}; {outcome}", 128 + signum
+
+
+def io_error_line(err, advice):
+    """A command's one line for a failed read or write (a read-only or full output folder, a missing input)."""
+    where = f" {err.filename}" if err.filename else ""
+    return f"error: cannot write or read{where}: {err.strerror or err}; {advice}"
 
 
 def plugin_model_names():

@@ -221,12 +221,14 @@ def test_a_flag_given_twice_is_refused(tmp_path, capsys, args, message):
     assert not (tmp_path / "saved").exists()
 
 
-def test_data_the_run_refuses_prints_its_error_line_alone(tmp_path, capsys):
+def test_data_the_run_refuses_prints_its_error_line_alone(tmp_path):
     root, lines = tiny_lines(tmp_path)
     write_lines(root, lines + [lines[3]])  # found after the run folder is made and logging started
-    code, err = cli(["--model=Pop", "--market=bb", "--dataset=edited", f"--data_path={root}",
-                     f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
-    assert code == 2 and len(err) == 1 and "repeats a (user, item) pair" in err[0]
+    done = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=Pop", "--market=bb",
+                           "--dataset=edited", f"--data_path={root}", f"--checkpoint_dir={tmp_path / 'saved'}"],
+                          capture_output=True, text=True, timeout=300)  # a process: logging's exit flushes too
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1 and "repeats a (user, item) pair" in err[0], done.stderr
     assert os.listdir(tmp_path / "saved") == []
 
 
