@@ -174,7 +174,7 @@ def _init_logging(log_file, config):
     for handler, level in ((console, console_level), (file_handler, logging.INFO)):
         handler.setFormatter(fmt)
         handler.setLevel(level)
-    # the console's lines wait until the data is read and split (release_console): data the run refuses
+    # the console's lines wait until the data is read, split and sampled (release_console): data the run refuses
     # prints its one error line alone
     root.addHandler(MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1, target=console,
                                   flushOnClose=False))
@@ -209,8 +209,8 @@ class CrossMarketRun:
         self.dataset = create_dataset(config)
         self.built = self.dataset.build()
         self.logger.info(self._split_summary())
-        release_console()
         self.valid_data, self.test_data = eval_dataloaders(config, self.dataset, self.built)
+        release_console()
         init_seed(config["seed"], config["reproducibility"])
         model_class = config.model_class
         self.model = model_class(config, self.built[0]).to(config["device"])

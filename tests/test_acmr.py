@@ -143,7 +143,7 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
                      test_protocols=["market", "paper", "full"],
                      callback_fn=lambda phase, epoch, score, passes: scores.append((phase, score)))
     assert os.path.isdir(path) and not path.endswith(".incomplete")
-    assert sorted(os.listdir(path)) == ["attention.png", "config.json", "finetune.pth", "item_map.png",
+    assert sorted(os.listdir(path)) == ["attention.png", "config.json", "data.json", "finetune.pth", "item_map.png",
                                         "learning_curves.csv", "learning_curves.png", "per_user_test.npz",
                                         "pretrain.pth", "results.csv", "results.json", "run.log", "tensorboard"]
     assert all(os.path.getsize(os.path.join(path, f"{name}.png")) > 10_000

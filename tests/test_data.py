@@ -216,7 +216,12 @@ def test_csv_import_interrupted_mid_write_leaves_nothing(tmp_path, capsys, monke
     (tmp_path / "atomic").mkdir()  # a folder that was there stays
     monkeypatch.setattr(pd.DataFrame, "to_csv", _write_part_then(lambda: os.kill(os.getpid(), signum)))
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    assert _convert_tiny_csv(tmp_path, str(tmp_path / "atomic" / "deep")) == code
+    # Ctrl-C raises KeyboardInterrupt as in a terminal (a job started in the background inherits SIGINT ignored)
+    on_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert _convert_tiny_csv(tmp_path, str(tmp_path / "atomic" / "deep")) == code
+    finally:
+        signal.signal(signal.SIGINT, on_sigint)
     assert capsys.readouterr().err == f"error: {word}; nothing was written\n"
     assert os.listdir(tmp_path / "atomic") == []
     assert signal.getsignal(signal.SIGTERM) is on_sigterm
