@@ -249,6 +249,9 @@ def _main(parser, args, unknown):
     check_overrides_fit(overrides, name_list(args.models or "ACMR,Pop,EASE") if args.compare else [args.model],
                         files)
     tests = [p.lower() for p in name_list(args.test_protocols)] if args.test_protocols else None
+    repeated = sorted({p for p in tests or [] if tests.count(p) > 1})
+    if repeated:
+        raise CrossMarketError(f"--test_protocols lists {repeated[0]!r} more than once; give each protocol once")
     if args.compare:
         from recbole_cmr.compare import compare
 

@@ -214,6 +214,7 @@ def test_a_gpu_asked_for_where_torch_sees_none_is_refused(tmp_path, capsys):
     (["--epochs=1", "--epochs=2"], "--epochs is given twice (--epochs=1 and --epochs=2)"),
     (["--market=aa", "--market=bb"], "--market is given twice"),
     (["-m=Pop", "--model=EASE"], "--model is given twice"),
+    (["--test_protocols=paper,Paper"], "--test_protocols lists 'paper' more than once"),
 ])
 def test_a_flag_given_twice_is_refused(tmp_path, capsys, args, message):
     code, err = cli([*args, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
