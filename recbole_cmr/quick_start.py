@@ -174,8 +174,8 @@ def _init_logging(log_file, config):
     for handler, level in ((console, console_level), (file_handler, logging.INFO)):
         handler.setFormatter(fmt)
         handler.setLevel(level)
-    # the console's lines wait until the data is read, split and sampled (release_console): data the run refuses
-    # prints its one error line alone
+    # the console's lines wait until training starts (release_console): data, settings or a training state the
+    # run refuses print their one error line alone
     root.addHandler(MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1, target=console,
                                   flushOnClose=False))
     root.addHandler(file_handler)
@@ -210,7 +210,6 @@ class CrossMarketRun:
         self.built = self.dataset.build()
         self.logger.info(self._split_summary())
         self.valid_data, self.test_data = eval_dataloaders(config, self.dataset, self.built)
-        release_console()
         init_seed(config["seed"], config["reproducibility"])
         model_class = config.model_class
         self.model = model_class(config, self.built[0]).to(config["device"])
@@ -250,6 +249,7 @@ class CrossMarketRun:
         if os.path.exists(trainer.resume_file):
             self.clock_origin = time.time() - trainer.resume_training(train_data)
             self.resumed.append(f"{phase} at epoch {trainer.start_epoch}")
+        release_console()
         self.logger.info(f"== phase {phase}: {len(train_data.dataset)} training rows ==")
         share, before = len(train_data.dataset) / max(1, len(self.dataset.history_dataset)), self.data_passes
         callback = (lambda epoch, score: self.callback_fn(phase, epoch, score, before + (epoch + 1) * share)

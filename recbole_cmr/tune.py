@@ -449,6 +449,8 @@ def check_search_folder(out_dir, settings):
         os.makedirs(out_dir)
         write_text(recorded_path, json.dumps(settings, indent=2, sort_keys=True))
         return False
+    if not os.path.isdir(out_dir):
+        raise CrossMarketError(f"--out {out_dir} is a file; a search writes a folder: choose another --out")
     if os.path.exists(os.path.join(out_dir, "summary.md")):
         raise CrossMarketError(f"{out_dir} holds a finished search (summary.md); choose another --out")
     if not os.path.exists(recorded_path):

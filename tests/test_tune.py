@@ -107,6 +107,9 @@ def test_a_search_stopped_before_ray_saved_its_state_starts_again_in_its_folder(
     for name in ("tuner.pkl", "experiment_state-2026-01-01_00-00-00.json"):  # what Ray saves once it runs
         open(os.path.join(out, "ray", name), "w").close()
     assert check_search_folder(out, settings) is True
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(CrossMarketError, match="is a file; a search writes a folder"):
+        check_search_folder(str(tmp_path / "a_file"), settings)
 
 
 def fake_result(position, config=None, done=False, error=None, history=None):
