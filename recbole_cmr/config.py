@@ -115,6 +115,12 @@ ARGUMENT_KEYS = {"model", "dataset"}
 SEARCH_FILE_KEYS = {"space", "fixed", "num_samples", "scheduler", "search", "grace_period", "resources_per_trial"}
 
 
+def did_you_mean(word, options):
+    """`` (did you mean X?)`` for a close option, else an empty string."""
+    close = difflib.get_close_matches(str(word), list(options), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def check_config_file_keys(path, content):
     """Refuse a config file key no yaml defines: a typo would otherwise become a new, unused key."""
     known = set(config_key_models()) | ARGUMENT_KEYS
@@ -125,9 +131,8 @@ def check_config_file_keys(path, content):
     if search_keys:
         raise CrossMarketError(f"config file {path} is a search file ({', '.join(search_keys)}); pass it as "
                                "--tune=FILE, or write its settings as plain 'key: value' lines")
-    close = difflib.get_close_matches(str(unknown[0]), known, n=1, cutoff=0.75)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    raise CrossMarketError(f"config file {path}: unknown key {unknown[0]!r}{hint}; a config file sets keys that "
+    raise CrossMarketError(f"config file {path}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], known)}; a "
+                           "config file sets keys that "
                            "RecBole's, the plugin's or a model's yaml defines")
 
 

@@ -38,7 +38,6 @@ last epoch it finished (its run folder in the trial's folder keeps the training 
 
 import contextlib
 import copy
-import difflib
 import glob
 import json
 import logging
@@ -52,7 +51,7 @@ import numpy as np
 import torch
 import yaml
 
-from recbole_cmr.config import check_overrides_fit, check_settings, known_config_keys, make_config
+from recbole_cmr.config import check_overrides_fit, check_settings, did_you_mean, known_config_keys, make_config
 from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.quick_start import REPORTED_METRICS, find_resumable_run, run
 from recbole_cmr.utils import CrossMarketError, write_csv_rows, write_text
@@ -147,10 +146,9 @@ def check_search_keys(search, model, config_files):
     for part in ("fixed", "space"):
         unknown = [key for key in search[part] if key not in known]
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), list(known), n=1, cutoff=0.75)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise CrossMarketError(f"the search file's {part} has unknown config key {unknown[0]!r}{hint}; its keys "
-                                   "must be ones RecBole's, the plugin's or a --config_files yaml defines")
+            raise CrossMarketError(f"the search file's {part} has unknown config key {unknown[0]!r}"
+                                   f"{did_you_mean(unknown[0], known)}; its keys must be ones RecBole's, the "
+                                   "plugin's or a --config_files yaml defines")
         try:
             check_overrides_fit(list(search[part]), [model], config_files)
         except CrossMarketError as err:
