@@ -366,7 +366,8 @@ def _trial_lines(total):
     from ray.tune import Callback
 
     class TrialLines(Callback):
-        def __init__(self):
+        def setup(self, **info):
+            # a resumed search restores this callback as it was pickled: minutes count from this command's start
             self.started = time.time()
 
         def _line(self, trials, trial, text):

@@ -429,3 +429,16 @@ def test_the_benchmark_searches_refuse_bad_arguments_in_one_line_before_ray(tmp_
     assert len(err) == 1 and re.match(f"error: {message}", err[0]), err
     assert not ray.is_initialized()
     assert not (tmp_path / "results").exists()
+
+
+def test_a_resumed_searchs_progress_lines_count_minutes_from_the_resuming_command():
+    import cloudpickle
+
+    from recbole_cmr.tune import _trial_lines
+
+    lines = _trial_lines(3)
+    lines.setup()
+    lines.started -= 3600  # an hour into the first session, Ray pickles the callback with the search's state
+    restored = cloudpickle.loads(cloudpickle.dumps(lines))
+    restored.setup()  # as Ray calls it when the same command resumes the search
+    assert time.time() - restored.started < 60
