@@ -5,9 +5,9 @@
 Times L=4 layers (d=32, H=8, FFN 128, dropout 0.3) on 1024 rows at width n = 13
 (about the mean padded width of a length-bucketed pre-training batch) and n = 51
 (the widest): ACMR's ``TransformerLayer`` forward + backward on PyTorch's ops and on the
-fused CPU kernels, and
-``torch.nn.TransformerEncoder`` forward + backward, forward alone in train mode and
-forward in eval mode without gradients. Best of three, after one warm-up run.
+fused CPU kernels, on PyTorch's ops under bf16 autocast where the CPU computes bf16 natively
+(AMX or AVX512-BF16; "n/a" elsewhere), and ``torch.nn.TransformerEncoder`` forward + backward,
+forward alone in train mode and forward in eval mode without gradients. Best of three, after one warm-up run.
 Writes ``<out>.json`` and ``<out>.md``.
 """
 
@@ -20,13 +20,14 @@ import time
 import torch
 
 from recbole_cmr.model.acmr import TransformerLayer
-from recbole_cmr.model.acmr_kernels import fused_layer_forward
+from recbole_cmr.model.acmr_kernels import cpu_flags, fused_layer_forward
 from recbole_cmr.utils import write_text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from acmr_speed import cpu_model  # noqa: E402
 
 ROWS, D, HEADS, LAYERS, DROPOUT = 1024, 32, 8, 4, 0.3
+NATIVE_BF16 = bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def best_ms(fn, repeats=3):
@@ -62,6 +63,13 @@ def measure(width):
             h = fused_layer_forward(layer, h, lengths)
         h[:, 0].sum().backward()
 
+    def bf16_train():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = x
+            for layer in ours:
+                h = layer(h, bias)
+            h[:, 0].float().sum().backward()
+
     def theirs_forward():
         return theirs(x, src_key_padding_mask=padding)
 
@@ -74,6 +82,7 @@ def measure(width):
     return {
         "acmr_fwd_bwd_ms": best_ms(ours_train),
         "acmr_fused_fwd_bwd_ms": best_ms(fused_train),
+        "acmr_bf16_autocast_fwd_bwd_ms": best_ms(bf16_train) if NATIVE_BF16 else "n/a",
         "torch_fwd_bwd_ms": best_ms(lambda: theirs_forward()[:, 0].sum().backward()),
         "torch_fwd_train_ms": best_ms(theirs_forward),
         "torch_fwd_eval_no_grad_ms": best_ms(theirs_eval),
@@ -90,9 +99,11 @@ def main(argv=None):
     lines = [f"# ACMR layers vs torch.nn.TransformerEncoder (measured {time.strftime('%Y-%m-%d')})\n",
              f"{LAYERS} layers, d={D}, H={HEADS}, dropout {DROPOUT}, {ROWS} rows, {result['threads']} threads, "
              f"{result['cpu']}; milliseconds per batch, best of 3.\n",
-             "| width n | ACMR fwd+bwd (PyTorch ops) | ACMR fwd+bwd (fused kernels) | torch fwd+bwd "
-             "| torch fwd (train) | torch fwd (eval, no grad) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {width} | {r['acmr_fwd_bwd_ms']} | {r['acmr_fused_fwd_bwd_ms']} | {r['torch_fwd_bwd_ms']} | "
+             "| width n | ACMR fwd+bwd (PyTorch ops) | ACMR fwd+bwd (fused kernels) | ACMR fwd+bwd (PyTorch ops, "
+             "bf16 autocast) | torch fwd+bwd | torch fwd (train) | torch fwd (eval, no grad) |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {width} | {r['acmr_fwd_bwd_ms']} | {r['acmr_fused_fwd_bwd_ms']} | "
+              f"{r['acmr_bf16_autocast_fwd_bwd_ms']} | {r['torch_fwd_bwd_ms']} | "
               f"{r['torch_fwd_train_ms']} | {r['torch_fwd_eval_no_grad_ms']} |"
               for width, r in result["widths"].items()]
     write_text(args.out + ".md", "\n".join(lines) + "\n")

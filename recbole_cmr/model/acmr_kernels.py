@@ -25,7 +25,7 @@ _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "acmr_kernels
 _loaded = {}
 
 
-def _cpu_flags():
+def cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
             return set(next(line for line in f if line.startswith("flags")).split(":")[1].split())
@@ -64,7 +64,7 @@ def load_kernels():
 
         # AVX2 + FMA where the CPU has them (every machine of this project's kind), a portable build elsewhere;
         # the name carries the instruction set so a cached build never reaches a CPU without it.
-        isa = "avx2" if platform.machine() == "x86_64" and {"avx2", "fma"} <= _cpu_flags() else "generic"
+        isa = "avx2" if platform.machine() == "x86_64" and {"avx2", "fma"} <= cpu_flags() else "generic"
         flags = ["-O3", "-fno-trapping-math", "-fopenmp"] + (["-mavx2", "-mfma"] if isa == "avx2" else [])
         name = f"recbole_cmr_acmr_kernels_{isa}"
         with _build_lock(cpp_extension._get_build_directory(name, verbose=False)):
