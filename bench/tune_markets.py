@@ -12,7 +12,8 @@ machine, and the grid's epoch cap (50 per phase) and patience (5). EASE and Item
 scopes; for the other built-ins the scope (``train_markets``: target or all) is a searched parameter;
 cross-market models train as their yaml says. Each search lands in
 ``bench/results/tune/<model>-<scope>-<market>/`` (trials, per-epoch scores, ``best.yaml``, its wall and CPU
-minutes); a search that is interrupted resumes when the command is run again, a finished one is skipped.
+minutes); a search that is interrupted resumes when the command is run again (in a clean clone too, once its
+folder is committed), a finished one is skipped.
 ``--rerun`` runs the grid of the selected configurations, with Pop (nothing to tune) beside them, into
 ``bench/results/compare-tuned/`` with ``compare_markets.py``'s table.
 """

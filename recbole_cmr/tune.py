@@ -33,7 +33,9 @@ trial and is not on the clock. After the search the best
 configuration is written as ``best.yaml`` (usable with ``--config_files``) and
 run once more in the driver with test metrics. A search given its folder (``--out``) again
 resumes where it was interrupted: finished trials are kept, and an unfinished trial runs again from the
-last epoch it finished (its run folder in the trial's folder keeps the training state).
+last epoch it finished (its run folder in the trial's folder keeps the training state). Ray's state in the
+folder is small and kept by git where the trials' run folders are not, so a committed interrupted search resumes
+in a clean clone too, where its unfinished trials start over.
 """
 
 import contextlib

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -374,18 +375,39 @@ def test_a_killed_search_continues_its_unfinished_trials_from_their_last_epoch(t
     assert not glob.glob(os.path.join(killed, "ray", "*", "checkpoints", "*"))
 
 
-def test_ctrl_c_during_a_search_is_one_line_and_the_same_command_resumes_it(tiny_root, tmp_path):
-    search = write_search(tmp_path, {"reg_weight": {"loguniform": [1.0, 10000.0]}}, scheduler="fifo", num_samples=4,
+def finished_trials(out):
+    """Trials of a search folder that ran to their selection, by the last result Ray wrote for each."""
+    return [path for path in glob.glob(os.path.join(out, "ray", "trainable_*", "result.json"))
+            if '"phase": "done"' in open(path).read()]
+
+
+def copy_as_git_keeps(search_dir, to):
+    """Copy a search folder the way a commit and a clean clone carry it: only the files git does not ignore, as if the
+    folder were a search of the tuned comparison in ``bench/results/tune/``."""
+    for path in glob.glob(os.path.join(search_dir, "**", "*"), recursive=True):
+        relative = os.path.relpath(path, search_dir)
+        as_committed = os.path.join("bench", "results", "tune", "a-search", relative)
+        if os.path.isfile(path) and subprocess.run(["git", "check-ignore", "--no-index", "-q", as_committed],
+                                                   cwd=REPO).returncode == 1:
+            os.makedirs(os.path.dirname(os.path.join(to, relative)), exist_ok=True)
+            shutil.copy2(path, os.path.join(to, relative))
+
+
+def test_ctrl_c_during_a_search_is_one_line_and_the_same_command_resumes_it_from_a_clean_clone(tiny_root, tmp_path):
+    search = write_search(tmp_path, {"reg_weight": {"loguniform": [1.0, 10000.0]}}, scheduler="fifo", num_samples=6,
                           fixed=PLAIN_FIXED)
-    out = tmp_path / "search"
-    command = [sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=EASE", "--market=bb",
-               f"--tune={search}", f"--out={out}", "--dataset=tiny", f"--data_path={tiny_root}",
-               f"--checkpoint_dir={tmp_path / 'saved'}"]
-    proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+    out = tmp_path / "clone" / "search"
+
+    def command(out):
+        return [sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=EASE", "--market=bb",
+                f"--tune={search}", f"--out={out}", "--dataset=tiny", f"--data_path={tiny_root}",
+                f"--checkpoint_dir={tmp_path / 'saved'}"]
+
+    proc = subprocess.Popen(command(out), cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline and not glob.glob(os.path.join(out, "ray", "trainable_*")):
+        while time.time() < deadline and not finished_trials(out):
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: to the command's whole process group
         _, stderr = proc.communicate(timeout=240)
@@ -397,11 +419,21 @@ def test_ctrl_c_during_a_search_is_one_line_and_the_same_command_resumes_it(tiny
     assert [line for line in lines if "\tINFO " not in line] == [lines[-1]], stderr[-3000:]  # Ray's start-up lines
     assert lines[-1] == f"error: interrupted; the same --tune command resumes the search in {out}"
     assert not (out / "summary.md").exists()
-    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    finished = len(finished_trials(out))
+    assert 0 < finished < 7
+    # committed and cloned elsewhere: the trials' run folders and event files stay behind, Ray's state travels
+    cloned = tmp_path / "another-clone" / "search"
+    copy_as_git_keeps(out, cloned)
+    shutil.rmtree(out)
+    assert glob.glob(os.path.join(cloned, "ray", "experiment_state-*.json"))
+    assert not glob.glob(os.path.join(cloned, "ray", "*", "checkpoints"))
+    again = subprocess.run(command(cloned), cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming the search in {out}" in again.stdout
-    trials = read_csv(out / "trials.csv")
-    assert len(trials) == 5 and not any(t["error"] for t in trials)  # the defaults and the four samples
+    assert f"resuming the search in {cloned}" in again.stdout
+    trials = read_csv(cloned / "trials.csv")
+    assert len(trials) == 7 and not any(t["error"] for t in trials)  # the defaults and the six samples
+    # the trials finished before the interruption are kept, not run again
+    assert len(re.findall(r"^\[\d+/7 trials", again.stdout, flags=re.M)) == 7 - finished, again.stdout
 
 
 def load_bench(name):
