@@ -19,10 +19,8 @@ import time
 import warnings
 from collections import defaultdict
 
-import numpy as np
-from compare_markets import SETTINGS
+from compare_markets import SETTINGS, protocol_table
 
-from recbole_cmr.compare import mean_text
 from recbole_cmr.quick_start import run
 from recbole_cmr.utils import read_csv_rows, write_csv_rows, write_text
 
@@ -56,14 +54,7 @@ def summary(rows, metric="ndcg@10"):
            "Fine-tune*: that model fine-tuned on the target's training rows. ACMR and Pop (single) are the "
            "comparison grid's cells (their seeds), for reference.\n"]
     for protocol in PROTOCOLS:
-        best = {m: max((np.mean(values[(label, m, protocol)]) for label in labels
-                        if (label, m, protocol) in values), default=None) for m in markets}
-        out += [f"## `{protocol}` protocol\n", "| model | " + " | ".join(m.upper() for m in markets) + " |",
-                "|---|" + "---|" * len(markets)]
-        out += [f"| {label} | " + " | ".join(mean_text(values[(label, m, protocol)], best[m], len(seeds[m]))
-                                             if (label, m, protocol) in values else "" for m in markets) + " |"
-                for label in labels]
-        out.append("")
+        out += protocol_table(values, labels, markets, seeds, protocol)
     path = os.path.join(OUT, "summary.md")
     write_text(path, "\n".join(out))
     return path

@@ -40,6 +40,23 @@ MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
 PROTOCOL_ORDER = ("market", "full", "paper")  # the sound ones first
 
 
+def protocol_table(values, labels, markets, seeds, protocol, seconds=None):
+    """Markdown lines of one protocol's table: a row per label, a column per market (``values[(label, market,
+    protocol)]`` lists the seeds' values; ``seeds[market]`` the market's seeds), best mean per column bold, and a
+    wall-minutes column when ``seconds`` (per label) is given."""
+    best = {m: max((np.mean(v) for (_, vm, p), v in values.items() if (vm, p) == (m, protocol) and v), default=None)
+            for m in markets}
+    wall = seconds is not None
+    out = [f"## `{protocol}` protocol\n",
+           "| model | " + " | ".join(m.upper() for m in markets) + (" | wall min |" if wall else " |"),
+           "|---|" + "---|" * (len(markets) + wall)]
+    for label in labels:
+        cells = [mean_text(values[(label, m, protocol)], best[m], len(seeds[m]))
+                 if (label, m, protocol) in values else "" for m in markets]
+        out.append(f"| {label} | " + " | ".join(cells) + (f" | {seconds[label] / 60:.1f} |" if wall else " |"))
+    return out + [""]
+
+
 def summary(out_dir, metric="ndcg@10"):
     """Test ``metric`` per market, one table per protocol (``market`` first); best per column bold."""
     rows = [r for r in read_csv_rows(os.path.join(out_dir, "results.csv")) if r["split"] == "test"]
@@ -61,17 +78,7 @@ def summary(out_dir, metric="ndcg@10"):
            "`market`, then tested under each protocol; ties count as their expected value over a random order, "
            "untrained candidates rank last; wall minutes summed over the model's cells on this machine.\n"]
     for protocol in PROTOCOL_ORDER:
-        best = {m: max((np.mean(v) for (_, vm, p), v in values.items() if (vm, p) == (m, protocol)), default=None)
-                for m in markets}
-        wall = protocol == "market"
-        out += [f"## `{protocol}` protocol\n",
-                "| model | " + " | ".join(m.upper() for m in markets) + (" | wall min |" if wall else " |"),
-                "|---|" + "---|" * (len(markets) + wall)]
-        for label in labels:
-            cells = [mean_text(values[(label, m, protocol)], best[m], len(seeds[m]))
-                     if (label, m, protocol) in values else "" for m in markets]
-            out.append(f"| {label} | " + " | ".join(cells) + (f" | {seconds[label] / 60:.1f} |" if wall else " |"))
-        out.append("")
+        out += protocol_table(values, labels, markets, seeds, protocol, seconds if protocol == "market" else None)
     path = os.path.join(out_dir, "summary.md")
     write_text(path, "\n".join(out))
     return path
