@@ -202,9 +202,10 @@ class CrossMarketRun:
         self.callback_fn = callback_fn
         self.resumed = []  # where this run continued an interrupted one, e.g. "pretrain at epoch 12"
         self.logger = logging.getLogger()
-        threads = choose_threads(config["torch_threads"])
-        torch.set_num_threads(threads)
-        self.logger.info(f"torch threads: {threads} (torch_threads: {config['torch_threads']})")
+        # float sums split over threads add in another order: a run's numbers depend on its thread count
+        self.threads = choose_threads(config["torch_threads"])
+        torch.set_num_threads(self.threads)
+        self.logger.info(f"torch threads: {self.threads} (torch_threads: {config['torch_threads']})")
         init_seed(config["seed"], config["reproducibility"])
         self.dataset = create_dataset(config)
         self.built = self.dataset.build()
@@ -432,7 +433,8 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         with open(run_dir.file("results.json"), "w") as f:
             json.dump({"model": config["model"], "market": config["target_market"], "seed": config["seed"],
                        "protocol": config["eval_protocol"], "train_markets": config["train_markets"],
-                       "wall_seconds": round(runner.elapsed(), 1), "resumed": runner.resumed, "results": results},
+                       "wall_seconds": round(runner.elapsed(), 1), "torch_threads": runner.threads,
+                       "resumed": runner.resumed, "results": results},
                       f, indent=2)
         with open(run_dir.file("results.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -161,6 +161,7 @@ def test_two_phase_run_writes_its_directory(tiny_root, tmp_path):
         for sp in ("valid", "test")}
     results = json.load(open(os.path.join(path, "results.json")))
     assert results["protocol"] == "market" and results["seed"] == 2020
+    assert results["torch_threads"] == 1  # the default: a fixed count, since the numbers depend on it
     pretrain_scores = [s for phase, s in scores if phase == "pretrain"]
     checkpoint = torch.load(os.path.join(path, "pretrain.pth"), weights_only=True)
     assert checkpoint["best_valid_score"] == pytest.approx(max(pretrain_scores))
