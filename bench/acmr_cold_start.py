@@ -8,7 +8,8 @@ other six markets only (no row of the target), then fine-tuning on the target's 
 results "Fine-tune*" (the cold-start deployment). Both are tested under ``market``, ``paper`` and
 ``full``, with the grid's settings (at most 50 epochs per phase, patience 5, selection on valid under
 ``market``). ``bench/results/acmr_cold_start/`` gets ``results.csv`` (one row per market, seed, phase,
-protocol and split; finished runs are skipped when the command is run again) and ``summary.md``: test
+protocol and split; finished runs are skipped when the command is run again, and an interrupted one goes on
+from its last finished epoch) and ``summary.md``: test
 NDCG@10 of both rows beside ACMR trained on every market and Pop (single) from the comparison grid.
 """
 
@@ -19,21 +20,22 @@ import time
 import warnings
 from collections import defaultdict
 
-from compare_markets import SETTINGS, protocol_table
+from compare_markets import SETTINGS, bench_command, market_list, protocol_table, seed_list
 
-from recbole_cmr.quick_start import run
+from recbole_cmr.config import make_config
+from recbole_cmr.quick_start import find_resumable_run, run
 from recbole_cmr.utils import read_csv_rows, write_csv_rows, write_text
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-OUT = os.path.join(RESULTS, "acmr_cold_start")
+BENCH = os.path.dirname(os.path.abspath(__file__))
 FIELDS = ["market", "seed", "phase", "protocol", "split", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10",
           "seconds"]
 PROTOCOLS = ("market", "paper", "full")
 
 
-def summary(rows, metric="ndcg@10"):
-    """Test ``metric`` (mean ± std over seeds) per protocol: Pre-train*, Fine-tune*, ACMR, Pop (single)."""
-    grid = [r for r in read_csv_rows(os.path.join(RESULTS, "compare", "results.csv")) if r["split"] == "test"]
+def summary(rows, results, metric="ndcg@10"):
+    """Test ``metric`` (mean ± std over seeds) per protocol: Pre-train*, Fine-tune*, and from the comparison grid
+    in ``results``, ACMR and Pop (single)."""
+    grid = [r for r in read_csv_rows(os.path.join(results, "compare", "results.csv")) if r["split"] == "test"]
     values = defaultdict(list)
     for r in rows:
         if r["split"] == "test":
@@ -55,36 +57,47 @@ def summary(rows, metric="ndcg@10"):
            "comparison grid's cells (their seeds), for reference.\n"]
     for protocol in PROTOCOLS:
         out += protocol_table(values, labels, markets, seeds, protocol)
-    path = os.path.join(OUT, "summary.md")
+    path = os.path.join(results, "acmr_cold_start", "summary.md")
     write_text(path, "\n".join(out))
     return path
 
 
 def main(argv=None):
+    """The command; a bad argument is one ``error:`` line and exit code 2, Ctrl-C one line and 130 (the same command
+    continues: finished runs are kept, an unfinished one goes on from its last finished epoch)."""
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markets", default="IN,JP")
     parser.add_argument("--seeds", default="2020,2021,2022")
+    parser.add_argument("--results", default=os.path.join(BENCH, "results"))
     args = parser.parse_args(argv)
-    sys.argv = sys.argv[:1]
-    os.makedirs(OUT, exist_ok=True)
-    results = os.path.join(OUT, "results.csv")
+    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too
+    return bench_command(_main, args, "continues from the finished runs")
+
+
+def _main(args):
+    markets, seeds = market_list(args.markets), seed_list(args.seeds)
+    out = os.path.join(args.results, "acmr_cold_start")
+    os.makedirs(out, exist_ok=True)
+    results = os.path.join(out, "results.csv")
     rows = read_csv_rows(results)
-    for market in args.markets.lower().split(","):
-        for seed in [int(s) for s in args.seeds.split(",")]:
+    for market in markets:
+        for seed in seeds:
             if any(r["market"] == market and r["seed"] == str(seed) for r in rows):
                 continue
             print(f"ACMR cold start on {market.upper()}, seed {seed}", flush=True)
             started = time.time()
-            path, run_rows = run("ACMR", market, config_dict={
-                **SETTINGS, "train_markets": "source", "seed": seed, "state": "WARNING",
-                "checkpoint_dir": os.path.join(os.path.dirname(RESULTS), "work", "cold_start")},
-                test_protocols=list(PROTOCOLS))
+            config_dict = {**SETTINGS, "dataset": "xmarket", "train_markets": "source", "seed": seed,
+                           "state": "WARNING", "checkpoint_dir": os.path.join(BENCH, "work", "cold_start")}
+            resume = find_resumable_run(make_config("ACMR", market, None, config_dict),
+                                        test_protocols=list(PROTOCOLS))
+            path, run_rows = run("ACMR", market, config_dict=config_dict, test_protocols=list(PROTOCOLS),
+                                 resume=resume)
             seconds = round(time.time() - started, 1)
             rows += [{**{k: r[k] for k in FIELDS if k in r}, "seconds": seconds} for r in run_rows]
             write_csv_rows(results, rows, FIELDS)
             print(f"  {seconds:.0f} s, run folder {path}", flush=True)
-    print(open(summary(rows)).read())
+    print(open(summary(rows, args.results)).read())
     return 0
 
 

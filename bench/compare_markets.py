@@ -31,13 +31,62 @@ from collections import defaultdict
 import numpy as np
 
 from recbole_cmr.compare import REFERENCES, compare, mean_text
-from recbole_cmr.utils import read_csv_rows, write_text
+from recbole_cmr.config import make_config
+from recbole_cmr.data.dataset import create_dataset
+from recbole_cmr.utils import CrossMarketError, io_error_line, read_csv_rows, write_text
 
 MODELS = ("ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,WideDeep,LightGCN,SASRec,BERT4Rec,FOREC,MANeuMF,M3Rec,CoNet,DDTCDR,MMoE,"
           "CrossStitch,CMRanker")
 SETTINGS = {"epochs": 50, "stopping_step": 5}
 MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
 PROTOCOL_ORDER = ("market", "full", "paper")  # the sound ones first
+
+
+def name_list(text, flag):
+    """A comma list of names, each given once."""
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:
+        raise CrossMarketError(f"{flag} has an empty name in {text!r}; separate the names by single commas")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CrossMarketError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
+    return names
+
+
+def seed_list(text):
+    """The integers of a comma list of seeds."""
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise CrossMarketError(f"--seeds must be comma separated integers, got {text!r}") from None
+
+
+def market_list(text):
+    """The markets of a bench command (lower case), checked against the dataset before its first run: an unknown
+    one is one line listing the known ones, not a traceback hours in."""
+    markets = name_list(text.lower(), "--markets")
+    dataset = create_dataset(make_config("Pop", markets[0], None, {"dataset": "xmarket", "state": "WARNING"}))
+    for market in markets:
+        dataset.market_id(market)
+    return markets
+
+
+def bench_command(body, args, interrupted="continues from the finished cells"):
+    """Run a bench command's ``body(args)``: a bad argument or an unwritable results folder is one ``error:`` line
+    and exit code 2, Ctrl-C one line and 130 saying what the same command does (``interrupted``: text, or a
+    function of the interruption)."""
+    try:
+        return body(args)
+    except CrossMarketError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a --results folder that is read-only, a file, or on a full disk
+        print(io_error_line(err, "choose a writable --results folder with free space"), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        what = interrupted(err) if callable(interrupted) else interrupted
+        print(f"error: interrupted; the same command {what}", file=sys.stderr)
+        return 130
 
 
 def protocol_table(values, labels, markets, seeds, protocol, seconds=None):
@@ -95,12 +144,18 @@ def main(argv=None):
     parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it
+    return bench_command(_main, args)
+
+
+def _main(args):
+    models, scopes = name_list(args.models, "--models"), name_list(args.scopes, "--scopes")
+    markets, seeds = market_list(args.markets), seed_list(args.seeds)
     work = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
-    for market in args.markets.split(","):  # market by market, so every finished market is a complete row set
+    for market in markets:  # market by market, so every finished market is a complete row set
         started = time.time()
-        out = compare(args.models.split(","), [market], [int(s) for s in args.seeds.split(",")], "market",
-                      args.scopes.split(","), os.path.join(args.results, "compare"), {"dataset": "xmarket", **SETTINGS},
-                      os.path.join(work, "pretrained"), test_protocols=["full", "paper"], references=REFERENCES)
+        out = compare(models, [market], seeds, "market", scopes, os.path.join(args.results, "compare"),
+                      {"dataset": "xmarket", **SETTINGS}, os.path.join(work, "pretrained"),
+                      test_protocols=["full", "paper"], references=REFERENCES)
         print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md, "
               f"{summary(out)}", flush=True)
     return 0

@@ -27,13 +27,12 @@ import time
 import warnings
 
 import yaml
+from compare_markets import bench_command, market_list, name_list, seed_list, summary
 
 from recbole_cmr.compare import NOTHING_TO_TUNE, REFERENCES, compare
-from recbole_cmr.config import make_config
-from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
-from recbole_cmr.utils import CrossMarketError, get_model, io_error_line, read_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_text
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -58,22 +57,10 @@ def searchable_models():
     return models
 
 
-def name_list(text, flag):
-    """A comma list of names, each given once."""
-    names = [name.strip() for name in text.split(",")]
-    if "" in names:
-        raise CrossMarketError(f"{flag} has an empty name in {text!r}; separate the names by single commas")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise CrossMarketError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
-    return names
-
-
 def check_arguments(args):
     """(models, markets, seeds) of the command, each checked before the first search: a bad one would otherwise
     stop the command hours in, or fail every trial of its searches."""
     models = name_list(args.models, "--models")
-    markets = name_list(args.markets.lower(), "--markets")
     tunable = searchable_models()
     for model in models:
         if model not in tunable:
@@ -82,14 +69,8 @@ def check_arguments(args):
             raise CrossMarketError(f"--models: {model} {why}; models with a search file: {', '.join(tunable)}")
     if args.seeds is not None and not args.rerun:
         raise CrossMarketError("--seeds is for --rerun; drop it, or add --rerun to test the selected settings")
-    try:
-        seeds = [int(seed) for seed in (args.seeds or "2020,2021,2022").split(",")] if args.rerun else None
-    except ValueError:
-        raise CrossMarketError(f"--seeds must be comma separated integers, got {args.seeds!r}") from None
-    dataset = create_dataset(make_config(models[0], markets[0], None, {"dataset": "xmarket", "state": "WARNING"}))
-    for market in markets:
-        dataset.market_id(market)  # unknown markets list the known ones
-    return models, markets, seeds
+    seeds = seed_list(args.seeds or "2020,2021,2022") if args.rerun else None
+    return models, market_list(args.markets), seeds
 
 
 def searches(models, markets):
@@ -153,27 +134,19 @@ def main(argv=None):
     parser.add_argument("--results", default=os.path.join(BENCH, "results"))
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too
-    try:
-        return _main(args)
-    except CrossMarketError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a --results folder that is read-only, a file, or on a full disk
-        print(io_error_line(err, "choose a writable --results folder with free space"), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        search = getattr(err, "kept_search", None)
-        where = f"resumes the search in {search}" if search else "continues from the finished searches and cells"
-        print(f"error: interrupted; the same command {where}", file=sys.stderr)
-        return 130
+    return bench_command(_main, args, interrupted)
+
+
+def interrupted(err):
+    """What the same command does after Ctrl-C: resume the search it interrupted, or go on from the finished ones."""
+    search = getattr(err, "kept_search", None)
+    return f"resumes the search in {search}" if search else "continues from the finished searches and cells"
 
 
 def _main(args):
     models, markets, seeds = check_arguments(args)
     tuned = os.path.join(args.results, "tune")
     if args.rerun:
-        from compare_markets import summary
-
         groups = {"Pop": ["single", "++"]}  # compare gives one list of scopes to all its built-ins: one call per list
         for model, scope, _, _ in searches(models, markets[:1]):
             groups.setdefault(model, []).append("searched" if scope == "cross-market" else scope)

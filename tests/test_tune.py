@@ -437,6 +437,7 @@ def test_ctrl_c_during_a_search_is_one_line_and_the_same_command_resumes_it_from
 
 
 def load_bench(name):
+    sys.path.insert(0, os.path.join(REPO, "bench"))  # as running the script does: benches import each other
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "bench", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -474,3 +475,18 @@ def test_a_resumed_searchs_progress_lines_count_minutes_from_the_resuming_comman
     restored = cloudpickle.loads(cloudpickle.dumps(lines))
     restored.setup()  # as Ray calls it when the same command resumes the search
     assert time.time() - restored.started < 60
+
+
+@pytest.mark.parametrize("bench", ["compare_markets", "acmr_cold_start"])
+@pytest.mark.parametrize("argv, message", [
+    (["--markets", "IN,XX"], "unknown market 'xx'; the dataset 'xmarket' has markets: ca, de, fr, in, jp, mx, uk"),
+    (["--markets", "IN,in"], "--markets lists in more than once; give each once"),
+    (["--seeds", "2020,abc"], "--seeds must be comma separated integers, got '2020,abc'"),
+])
+def test_the_benchmark_grids_refuse_bad_arguments_in_one_line_before_any_run(tmp_path, capsys, monkeypatch, bench,
+                                                                              argv, message):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    assert load_bench(bench).main([*argv, "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {message}"]
+    assert not (tmp_path / "results").exists()
