@@ -15,7 +15,7 @@ import sys
 import warnings
 
 try:  # imports torch: a second or two in which Ctrl-C would otherwise print a traceback
-    from recbole_cmr.utils import CrossMarketError, interrupt_line, io_error_line, raise_terminated
+    from recbole_cmr.utils import CrossMarketError, int_list, interrupt_line, io_error_line, name_list, raise_terminated
 except KeyboardInterrupt:
     print("error: interrupted while starting; nothing was written", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
@@ -120,19 +120,6 @@ def check_repeated_flags(parser, argv):
         if name in seen:
             raise CrossMarketError(f"{flag} is given twice ({seen[name]} and {arg}); give it once")
         seen[name] = arg
-
-
-def name_list(text):
-    """``"Pop, EASE"`` -> ``["Pop", "EASE"]``: a comma list, blanks around names ignored."""
-    return [name.strip() for name in text.split(",")]
-
-
-def int_list(text, flag):
-    """``"1,2,3"`` -> ``[1, 2, 3]``, or say which flag is malformed."""
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise CrossMarketError(f"{flag} must be comma separated integers, got {text!r}") from None
 
 
 def main(argv=None):
@@ -246,9 +233,9 @@ def _main(parser, args, unknown):
     files = args.config_files.replace(",", " ").split() if args.config_files else None
     overrides = config_overrides(parser, unknown, files)
     config_dict = {**overrides, **({"dataset": args.dataset} if args.dataset else {})}
-    check_overrides_fit(overrides, name_list(args.models or "ACMR,Pop,EASE") if args.compare else [args.model],
-                        files)
-    tests = [p.lower() for p in name_list(args.test_protocols)] if args.test_protocols else None
+    models = name_list(args.models or "ACMR,Pop,EASE", "--models") if args.compare else [args.model]
+    check_overrides_fit(overrides, models, files)
+    tests = [p.lower() for p in name_list(args.test_protocols, "--test_protocols")] if args.test_protocols else None
     repeated = sorted({p for p in tests or [] if tests.count(p) > 1})
     if repeated:
         raise CrossMarketError(f"--test_protocols lists {repeated[0]!r} more than once; give each protocol once")
@@ -258,9 +245,9 @@ def _main(parser, args, unknown):
         grid_set = [f"--{key} (use {flag})" for key, flag in GRID_KEYS.items() if key in overrides]
         if grid_set:
             raise CrossMarketError(f"--compare sets {', '.join(grid_set)} per cell; drop the override")
-        out = compare(name_list(args.models or "ACMR,Pop,EASE"), name_list(args.markets or "IN,JP"),
+        out = compare(models, name_list(args.markets or "IN,JP", "--markets"),
                       int_list(args.seeds or "2020", "--seeds"), (args.protocol or "market").lower(),
-                      name_list(args.scopes or "single,++"), args.out,
+                      name_list(args.scopes or "single,++", "--scopes"), args.out,
                       config_dict, args.pretrained_dir, files, tests)
         print(open(f"{out}/table.md").read())
         print(f"comparison directory: {out}")

@@ -20,11 +20,11 @@ import time
 import warnings
 from collections import defaultdict
 
-from compare_markets import SETTINGS, bench_command, market_list, protocol_table, seed_list
+from compare_markets import SETTINGS, bench_command, market_list, protocol_table
 
 from recbole_cmr.config import make_config
 from recbole_cmr.quick_start import find_resumable_run, run
-from recbole_cmr.utils import read_csv_rows, write_csv_rows, write_text
+from recbole_cmr.utils import int_list, read_csv_rows, write_csv_rows, write_text
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 FIELDS = ["market", "seed", "phase", "protocol", "split", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10",
@@ -76,7 +76,7 @@ def main(argv=None):
 
 
 def _main(args):
-    markets, seeds = market_list(args.markets), seed_list(args.seeds)
+    markets, seeds = market_list(args.markets), int_list(args.seeds, "--seeds")
     out = os.path.join(args.results, "acmr_cold_start")
     os.makedirs(out, exist_ok=True)
     results = os.path.join(out, "results.csv")

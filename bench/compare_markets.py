@@ -33,32 +33,13 @@ import numpy as np
 from recbole_cmr.compare import REFERENCES, compare, mean_text
 from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import create_dataset
-from recbole_cmr.utils import CrossMarketError, io_error_line, read_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, int_list, io_error_line, name_list, read_csv_rows, write_text
 
 MODELS = ("ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,WideDeep,LightGCN,SASRec,BERT4Rec,FOREC,MANeuMF,M3Rec,CoNet,DDTCDR,MMoE,"
           "CrossStitch,CMRanker")
 SETTINGS = {"epochs": 50, "stopping_step": 5}
 MARKET_ORDER = ["in", "jp", "de", "fr", "mx", "uk", "ca"]  # smallest to largest
 PROTOCOL_ORDER = ("market", "full", "paper")  # the sound ones first
-
-
-def name_list(text, flag):
-    """A comma list of names, each given once."""
-    names = [name.strip() for name in text.split(",")]
-    if "" in names:
-        raise CrossMarketError(f"{flag} has an empty name in {text!r}; separate the names by single commas")
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise CrossMarketError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
-    return names
-
-
-def seed_list(text):
-    """The integers of a comma list of seeds."""
-    try:
-        return [int(seed) for seed in text.split(",")]
-    except ValueError:
-        raise CrossMarketError(f"--seeds must be comma separated integers, got {text!r}") from None
 
 
 def market_list(text):
@@ -149,7 +130,7 @@ def main(argv=None):
 
 def _main(args):
     models, scopes = name_list(args.models, "--models"), name_list(args.scopes, "--scopes")
-    markets, seeds = market_list(args.markets), seed_list(args.seeds)
+    markets, seeds = market_list(args.markets), int_list(args.seeds, "--seeds")
     work = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
     for market in markets:  # market by market, so every finished market is a complete row set
         started = time.time()

@@ -27,12 +27,12 @@ import time
 import warnings
 
 import yaml
-from compare_markets import bench_command, market_list, name_list, seed_list, summary
+from compare_markets import bench_command, market_list, summary
 
 from recbole_cmr.compare import NOTHING_TO_TUNE, REFERENCES, compare
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
-from recbole_cmr.utils import CrossMarketError, get_model, read_csv_rows, write_text
+from recbole_cmr.utils import CrossMarketError, get_model, int_list, name_list, read_csv_rows, write_text
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -69,7 +69,7 @@ def check_arguments(args):
             raise CrossMarketError(f"--models: {model} {why}; models with a search file: {', '.join(tunable)}")
     if args.seeds is not None and not args.rerun:
         raise CrossMarketError("--seeds is for --rerun; drop it, or add --rerun to test the selected settings")
-    seeds = seed_list(args.seeds or "2020,2021,2022") if args.rerun else None
+    seeds = int_list(args.seeds or "2020,2021,2022", "--seeds") if args.rerun else None
     return models, market_list(args.markets), seeds
 
 

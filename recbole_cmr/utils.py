@@ -38,6 +38,26 @@ def io_error_line(err, advice):
     return f"error: cannot write or read{where}: {err.strerror or err}; {advice}"
 
 
+def name_list(text, flag):
+    """``"Pop, EASE"`` -> ``["Pop", "EASE"]``: a comma list of a command-line ``flag``, blanks around names ignored,
+    each name given once."""
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:
+        raise CrossMarketError(f"{flag} has an empty name in {text!r}; separate the names by single commas")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CrossMarketError(f"{flag} lists {', '.join(repeated)} more than once; give each once")
+    return names
+
+
+def int_list(text, flag):
+    """``"1,2,3"`` -> ``[1, 2, 3]``, or say which flag is malformed."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise CrossMarketError(f"{flag} must be comma separated integers, got {text!r}") from None
+
+
 def plugin_model_names():
     """Model classes this plugin adds, by class name: every RecBole recommender defined in a module of
     ``recbole_cmr/model/`` (a new model is found by its file alone); names starting with ``_`` are bases."""

@@ -215,8 +215,10 @@ def test_a_gpu_asked_for_where_torch_sees_none_is_refused(tmp_path, capsys):
     (["--market=aa", "--market=bb"], "--market is given twice"),
     (["-m=Pop", "--model=EASE"], "--model is given twice"),
     (["--test_protocols=paper,Paper"], "--test_protocols lists 'paper' more than once"),
+    (["--compare", "--models=Pop,,EASE"], "--models has an empty name in 'Pop,,EASE'"),
+    (["--compare", "--models=Pop", "--markets=bb,"], "--markets has an empty name in 'bb,'"),
 ])
-def test_a_flag_given_twice_is_refused(tmp_path, capsys, args, message):
+def test_a_flag_given_twice_or_a_list_with_a_gap_is_refused(tmp_path, capsys, args, message):
     code, err = cli([*args, f"--checkpoint_dir={tmp_path / 'saved'}"], capsys)
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "saved").exists()
