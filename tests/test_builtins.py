@@ -117,7 +117,7 @@ def test_checkpoints_load_with_weights_only(tiny_config, tmp_path):
 
 
 @pytest.mark.parametrize("model, protocol", [
-    ("ItemKNN", "market"), ("NeuMF", "paper"), ("EASE", "full"), ("WideDeep", "market"),
+    ("ItemKNN", "market"), ("NeuMF", "paper"), ("EASE", "full"), ("WideDeep", "market"), ("WideDeep", "full"),
     ("SASRec", "full"), ("SASRec", "market"), ("BERT4Rec", "paper"),
 ])
 def test_more_builtins_end_to_end(tiny_root, tmp_path, model, protocol):

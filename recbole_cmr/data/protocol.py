@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader, NegSampleEvalDataLoader, TrainDataLoader
+from recbole.data.interaction import Interaction
 from recbole.sampler import Sampler
 
 from recbole_cmr.utils import CrossMarketError
@@ -103,7 +104,9 @@ class ProtocolSampler(Sampler):
 
 
 class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
-    """RecBole's full-sort loader that also masks every item outside the protocol's pool."""
+    """RecBole's full-sort loader that also masks every item outside the protocol's pool, and gives each user
+    row the user's market: models without ``full_sort_predict`` (context-aware ones such as WideDeep) are scored
+    by RecBole on these rows repeated per item, and they embed the market field."""
 
     def __init__(self, config, dataset, sampler, shuffle=False):
         super().__init__(config, dataset, sampler, shuffle=shuffle)
@@ -114,6 +117,8 @@ class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
 
     def collate_fn(self, index):
         user_df, history, positive_u, positive_i = super().collate_fn(index)
+        user_market = torch.as_tensor(self._dataset.user_market)[user_df[self.uid_field]]
+        user_df.update(Interaction({self._dataset.market_field: user_market}))
         n_users = len(user_df)
         if history is None:  # sequential models: RecBole masks nothing; mask the user's known items as for the others
             users = user_df[self.uid_field].tolist()
