@@ -11,6 +11,11 @@ back from ``results.csv``, so an interrupted grid resumes where it stopped, and 
 killed cell continues from its last finished epoch (its unfinished run folder
 keeps the training state, see :mod:`recbole_cmr.quick_start`).
 
+Several grids (processes, or machines sharing the folder) may fill one folder
+at once: each cell is claimed by a lock in ``.locks/`` while it runs, so a
+second grid skips it and says so, and ``results.csv`` and the tables are
+rewritten under a lock from the file's rows, keeping every grid's cells.
+
 Two-phase models keep their pre-trained checkpoint in ``pretrained_dir``
 (default: ``pretrained/`` beside the grid's folder) and later cells with the
 same model, market, seed and settings only fine-tune from it. A pre-training
@@ -39,7 +44,17 @@ from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
 from recbole_cmr.quick_start import find_resumable_run, holds_training_state, run
 from recbole_cmr.tune import search_name
-from recbole_cmr.utils import CrossMarketError, read_csv_rows, write_atomically, write_csv_rows, write_text
+from recbole_cmr.utils import (
+    CrossMarketError,
+    is_locked,
+    locked,
+    read_csv_rows,
+    release,
+    try_lock,
+    write_atomically,
+    write_csv_rows,
+    write_text,
+)
 
 #: Built-ins' scopes: train_markets per scope; "searched" takes it from the cell's tuned configuration.
 SCOPES = {"single": "target", "++": "all", "searched": None}
@@ -183,11 +198,12 @@ def check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir=None):
 
 
 def remove_stale_runs(runs_dir):
-    """Run folders still named ``*.incomplete`` when a grid starts belong to cells that were killed; those
-    killed before a first epoch ended hold nothing to continue from and are removed, the others are kept for
+    """Run folders still named ``*.incomplete`` when a grid starts belong to cells that were killed or that
+    another grid is running now (those are locked, see :class:`recbole_cmr.quick_start.RunDirectory`); killed
+    ones without a finished first epoch hold nothing to continue from and are removed, the others are kept for
     their cells to resume."""
     unfinished = sorted(glob.glob(os.path.join(runs_dir, "*.incomplete")))
-    stale = [path for path in unfinished if not holds_training_state(path)]
+    stale = [path for path in unfinished if not holds_training_state(path) and not is_locked(path)]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     if stale:
@@ -219,7 +235,9 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
             write_atomically(cached, lambda f: shutil.copyfileobj(source, f), mode="wb")
     per_user_dir = os.path.join(out_dir, "per_user")
     os.makedirs(per_user_dir, exist_ok=True)
-    shutil.copy(os.path.join(path, "per_user_test.npz"), os.path.join(per_user_dir, _cell_name(cell) + ".npz"))
+    with open(os.path.join(path, "per_user_test.npz"), "rb") as source:  # whole, for a grid beside it reading it
+        write_atomically(os.path.join(per_user_dir, _cell_name(cell) + ".npz"),
+                         lambda f: shutil.copyfileobj(source, f), mode="wb")
     final = rows[-1]["phase"]
     return [{"label": label, "model": model, "scope": scope, "market": market.lower(), "seed": seed,
              "selected_on": protocol, "protocol": r["protocol"], "split": r["split"],
@@ -369,20 +387,42 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     if rows and any(r["selected_on"] != protocol for r in rows):
         raise CrossMarketError(f"{results} holds cells selected under another protocol; choose another --out")
     check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir)
-    remove_stale_runs(os.path.join(out_dir, "runs"))
+    locks = os.path.join(out_dir, ".locks")
+    os.makedirs(locks, exist_ok=True)
+    grid_lock = os.path.join(locks, "results.lock")
+    with locked(grid_lock):
+        remove_stale_runs(os.path.join(out_dir, "runs"))
+    elsewhere = []
     for number, cell in enumerate(cells, 1):
         key = (cell[0], cell[3].lower(), str(cell[4]))
-        if all(any((r["label"], r["market"], str(r["seed"])) == key and r["protocol"] == p for r in rows)
-               for p in tested):
+        claim = try_lock(os.path.join(locks, _cell_name(cell) + ".lock"))
+        if claim is None:
+            elsewhere.append(cell)
             continue
-        rows = [r for r in rows if (r["label"], r["market"], str(r["seed"])) != key]  # a partial cell is redone
-        print(f"[{number}/{len(cells)}] running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on "
-              f"{protocol}, tested on {', '.join(tested)})", flush=True)
-        rows += run_cell(cell, protocol, tested, cell_config_files(cell, config_file_list, tuned_dir), config_dict,
-                         out_dir, pretrained_dir)
-        write_csv_rows(results, rows, FIELDS)
-        for p in sorted({r["protocol"] for r in rows}):
-            suffix = "" if p == protocol else f"-{p}"
-            write_text(os.path.join(out_dir, f"table{suffix}.md"), markdown(rows, out_dir, p, references))
-            comparison(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
+        try:
+            with locked(grid_lock):
+                rows = read_grid_rows(results)  # with the cells other grids in this folder finished meanwhile
+            if all(any(_row_key(r) == key and r["protocol"] == p for r in rows) for p in tested):
+                continue
+            print(f"[{number}/{len(cells)}] running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on "
+                  f"{protocol}, tested on {', '.join(tested)})", flush=True)
+            cell_rows = run_cell(cell, protocol, tested, cell_config_files(cell, config_file_list, tuned_dir),
+                                 config_dict, out_dir, pretrained_dir)
+            with locked(grid_lock):
+                kept = [r for r in read_grid_rows(results) if _row_key(r) != key]  # a partial cell is redone
+                rows = kept + cell_rows
+                write_csv_rows(results, rows, FIELDS)
+                for p in sorted({r["protocol"] for r in rows}):
+                    suffix = "" if p == protocol else f"-{p}"
+                    write_text(os.path.join(out_dir, f"table{suffix}.md"), markdown(rows, out_dir, p, references))
+                    comparison(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
+        finally:
+            release(claim)
+    for cell in elsewhere:
+        print(f"skipped {cell[0]} on {cell[3].upper()} seed {cell[4]}: another process is running it in {out_dir}; "
+              "run this command again once it has finished", flush=True)
     return out_dir
+
+
+def _row_key(row):
+    return row["label"], row["market"], str(row["seed"])

@@ -38,7 +38,15 @@ from recbole_cmr.trainer import (
     record_finetune_rng_state,
     restore_finetune_rng_state,
 )
-from recbole_cmr.utils import CrossMarketError, choose_threads, write_csv_rows, write_text
+from recbole_cmr.utils import (
+    CrossMarketError,
+    choose_threads,
+    is_locked,
+    release,
+    try_lock,
+    write_csv_rows,
+    write_text,
+)
 
 PHASES = ("both", "pretrain", "finetune")
 #: Config keys that change what a run prints, not what it computes: a resumed run may differ in them.
@@ -79,6 +87,10 @@ class RunDirectory:
         if resume is not None:
             self.work = os.path.normpath(resume)
             self.path = self.work[:-len(".incomplete")]
+            self.lock = try_lock(self.work)
+            if self.lock is None:
+                raise CrossMarketError(f"{self.work} is being run by another process now; wait for it to finish or "
+                                       "stop it, then resume")
             return
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-{stamp}"
@@ -90,6 +102,7 @@ class RunDirectory:
             self.path = os.path.join(config["checkpoint_dir"], f"{name}-{n}")
             self.work = self.path + ".incomplete"
         os.makedirs(self.work)
+        self.lock = try_lock(self.work)  # held while this process runs in it: a grid beside it leaves it alone
 
     def file(self, name):
         return os.path.join(self.work, name)
@@ -102,9 +115,15 @@ class RunDirectory:
             for path in glob.glob(self.file(pattern)):
                 os.remove(path)
         os.replace(self.work, self.path)
+        self.close()
 
     def discard(self):
         shutil.rmtree(self.work, ignore_errors=True)
+        self.close()
+
+    def close(self):
+        release(self.lock)
+        self.lock = None
 
 
 def holds_training_state(folder):
@@ -150,11 +169,12 @@ def check_resumable(folder, request):
 
 
 def find_resumable_run(config, phase="both", pretrained=None, test_protocols=None):
-    """The newest unfinished run folder in ``checkpoint_dir`` of the same request with a state to continue from."""
+    """The newest unfinished run folder in ``checkpoint_dir`` of the same request with a state to continue from,
+    not one another process is running in."""
     request = resume_request(config, phase, pretrained, _test_protocols(config, test_protocols))
     pattern = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-*.incomplete"
     for folder in sorted(glob.glob(os.path.join(config["checkpoint_dir"], pattern)), reverse=True):
-        if _recorded_request(folder) == request and holds_training_state(folder):
+        if _recorded_request(folder) == request and holds_training_state(folder) and not is_locked(folder):
             return folder
     return None
 
@@ -459,12 +479,14 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: keep what can be continued
         if saved and run_dir.resumable():
             err.kept_run = run_dir.work
+            run_dir.close()
         else:
             run_dir.discard()
         raise
     except BaseException:
         if resume is None:  # a resumed folder stays as its last finished epoch left it, to resume again
             run_dir.discard()
+        run_dir.close()
         raise
     finally:
         for handler in list(logging.getLogger().handlers):

@@ -1,7 +1,9 @@
 """Errors, lookups and result files shared by the plugin's modules."""
 
+import contextlib
 import csv
 import difflib
+import fcntl
 import os
 import pkgutil
 import re
@@ -136,6 +138,43 @@ def write_atomically(path, write, mode="w"):
         if isinstance(err, OSError) and err.errno is not None and err.filename in (tmp, path):
             raise OSError(err.errno, err.strerror, path) from None  # the file asked for, not the temporary one
         raise
+
+
+def try_lock(path):
+    """An exclusive ``flock`` on ``path`` (a folder, or a file created if missing): the open descriptor, held until
+    :func:`release` or the process's end (a killed process's locks go with it), or ``None`` if another holder has
+    it. Two processes sharing a results folder use it to tell a live run from a killed one."""
+    fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def release(fd):
+    """Give up a lock taken by :func:`try_lock`."""
+    if fd is not None:
+        os.close(fd)
+
+
+def is_locked(path):
+    """Whether another holder has :func:`try_lock` on ``path`` now."""
+    fd = try_lock(path)
+    release(fd)
+    return fd is None
+
+
+@contextlib.contextmanager
+def locked(path):
+    """Hold an exclusive lock on the file ``path`` for the block, waiting for any other holder to finish."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_text(path, text):

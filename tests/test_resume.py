@@ -3,12 +3,17 @@
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from recbole_cmr.compare import compare
-from recbole_cmr.quick_start import run
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.config import make_config
+from recbole_cmr.quick_start import find_resumable_run, run
+from recbole_cmr.utils import CrossMarketError, read_csv_rows, release, try_lock
 
 
 def acmr_dict(tiny_root, tmp_path, **overrides):
@@ -103,3 +108,55 @@ def test_a_grid_continues_its_killed_cell(tiny_root, tmp_path, capsys):
     with open(os.path.join(clean, "table.md")) as a, open(os.path.join(grid, "table.md")) as b:
         assert a.read().split("\n", 3)[3] == b.read().split("\n", 3)[3]  # wall times (line 3) differ
     assert not glob.glob(os.path.join(grid, "runs", "*.incomplete"))
+
+
+def test_a_folder_another_process_runs_in_is_neither_resumed_nor_removed(tiny_root, tmp_path):
+    settings = acmr_dict(tiny_root, tmp_path)
+    folder = interrupted("ACMR", settings, "pretrain", 2)
+    config = make_config("ACMR", "bb", config_dict=settings)
+    assert find_resumable_run(config) == folder
+    held = try_lock(folder)  # as the process running in it holds it
+    try:
+        assert find_resumable_run(config) is None
+        with pytest.raises(CrossMarketError, match="being run by another process now"):
+            run("ACMR", "bb", config_dict=settings, resume=folder)
+        assert os.path.isdir(folder)
+    finally:
+        release(held)
+    assert find_resumable_run(config) == folder
+    runs = tmp_path / "grid" / "runs"  # a grid beside a run that has not finished its first epoch yet
+    starting, killed = (runs / f"ACMR-bb-market-seed1-{name}.incomplete" for name in ("starting", "killed"))
+    starting.mkdir(parents=True)
+    killed.mkdir()
+    held = try_lock(str(starting))
+    try:
+        compare(["Pop"], ["bb"], [1], "market", ["++"], str(tmp_path / "grid"), settings)
+        assert starting.is_dir() and not killed.exists()
+    finally:
+        release(held)
+
+
+def test_two_grids_fill_one_folder(tiny_root, tmp_path, capsys):
+    """A second grid skips the cell the first is running, keeps the first's unfinished run folder, and both
+    grids' cells end up in results.csv, whichever writes last."""
+    settings = acmr_dict(tiny_root, tmp_path, pretrain_max_epochs=8, epochs=8)
+    grid = str(tmp_path / "grid")
+    first = subprocess.Popen([sys.executable, "-c", "import json, sys; from recbole_cmr.compare import compare; "
+                              "compare(['ACMR'], ['bb'], [1], 'market', ['++'], sys.argv[1], json.loads(sys.argv[2]))",
+                              grid, json.dumps(settings)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not glob.glob(os.path.join(grid, "runs", "ACMR-*.incomplete")) and time.time() < deadline:
+        assert first.poll() is None, first.stdout.read().decode()
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)  # the first grid is inside its cell, before a first epoch has ended
+    try:
+        compare(["ACMR", "Pop"], ["bb"], [1], "market", ["++"], grid, settings)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert "skipped ACMR on BB seed 1: another process is running it" in capsys.readouterr().out
+    assert {r["label"] for r in read_csv_rows(os.path.join(grid, "results.csv"))} == {"Pop (++)"}
+    assert first.wait(timeout=300) == 0, first.stdout.read().decode()
+    assert sorted({r["label"] for r in read_csv_rows(os.path.join(grid, "results.csv"))}) == ["ACMR", "Pop (++)"]
+    assert not glob.glob(os.path.join(grid, "runs", "*.incomplete"))
+    compare(["ACMR", "Pop"], ["bb"], [1], "market", ["++"], grid, settings)
+    assert "running" not in capsys.readouterr().out, "both grids' cells are recorded: nothing runs again"
