@@ -114,11 +114,11 @@ class MarketFullSortEvalDataLoader(FullSortEvalDataLoader):
         outside[sampler.pool] = False
         outside[0] = False
         self.outside_items = torch.from_numpy(np.flatnonzero(outside))
+        self.user_market = torch.from_numpy(dataset.user_market)
 
     def collate_fn(self, index):
         user_df, history, positive_u, positive_i = super().collate_fn(index)
-        user_market = torch.as_tensor(self._dataset.user_market)[user_df[self.uid_field]]
-        user_df.update(Interaction({self._dataset.market_field: user_market}))
+        user_df.update(Interaction({self._dataset.market_field: self.user_market[user_df[self.uid_field]]}))
         n_users = len(user_df)
         if history is None:  # sequential models: RecBole masks nothing; mask the user's known items as for the others
             users = user_df[self.uid_field].tolist()
