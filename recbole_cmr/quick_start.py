@@ -97,12 +97,18 @@ class RunDirectory:
         self.path = os.path.join(config["checkpoint_dir"], name)
         self.work = self.path + ".incomplete"
         n = 1
-        while os.path.exists(self.path) or os.path.exists(self.work):
+        while any(os.path.exists(p) for p in (self.path, self.work, self._hidden())):
             n += 1
             self.path = os.path.join(config["checkpoint_dir"], f"{name}-{n}")
             self.work = self.path + ".incomplete"
-        os.makedirs(self.work)
-        self.lock = try_lock(self.work)  # held while this process runs in it: a grid beside it leaves it alone
+        # made under a hidden name and locked before it is visible: a grid beside it never sees it unlocked, and
+        # leaves it alone while this process holds the lock
+        os.makedirs(self._hidden())
+        self.lock = try_lock(self._hidden(), wait=True)
+        os.rename(self._hidden(), self.work)
+
+    def _hidden(self):
+        return os.path.join(os.path.dirname(self.work), "." + os.path.basename(self.work))
 
     def file(self, name):
         return os.path.join(self.work, name)

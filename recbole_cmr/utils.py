@@ -140,13 +140,14 @@ def write_atomically(path, write, mode="w"):
         raise
 
 
-def try_lock(path):
+def try_lock(path, wait=False):
     """An exclusive ``flock`` on ``path`` (a folder, or a file created if missing): the open descriptor, held until
     :func:`release` or the process's end (a killed process's locks go with it), or ``None`` if another holder has
-    it. Two processes sharing a results folder use it to tell a live run from a killed one."""
+    it (``wait``: wait for it instead). Two processes sharing a results folder use it to tell a live run from a
+    killed one."""
     fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_RDONLY | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         return None
@@ -169,12 +170,11 @@ def is_locked(path):
 @contextlib.contextmanager
 def locked(path):
     """Hold an exclusive lock on the file ``path`` for the block, waiting for any other holder to finish."""
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    fd = try_lock(path, wait=True)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)
+        release(fd)
 
 
 def write_text(path, text):

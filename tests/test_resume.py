@@ -13,7 +13,7 @@ import pytest
 from recbole_cmr.compare import compare
 from recbole_cmr.config import make_config
 from recbole_cmr.quick_start import find_resumable_run, run
-from recbole_cmr.utils import CrossMarketError, read_csv_rows, release, try_lock
+from recbole_cmr.utils import CrossMarketError, is_locked, read_csv_rows, release, try_lock
 
 
 def acmr_dict(tiny_root, tmp_path, **overrides):
@@ -145,7 +145,8 @@ def test_two_grids_fill_one_folder(tiny_root, tmp_path, capsys):
                               "compare(['ACMR'], ['bb'], [1], 'market', ['++'], sys.argv[1], json.loads(sys.argv[2]))",
                               grid, json.dumps(settings)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
-    while not glob.glob(os.path.join(grid, "runs", "ACMR-*.incomplete")) and time.time() < deadline:
+    while not [f for f in glob.glob(os.path.join(grid, "runs", "ACMR-*.incomplete")) if is_locked(f)] \
+            and time.time() < deadline:
         assert first.poll() is None, first.stdout.read().decode()
         time.sleep(0.01)
     first.send_signal(signal.SIGSTOP)  # the first grid is inside its cell, before a first epoch has ended
