@@ -15,7 +15,15 @@ import sys
 import warnings
 
 try:  # imports torch: a second or two in which Ctrl-C would otherwise print a traceback
-    from recbole_cmr.utils import CrossMarketError, int_list, interrupt_line, io_error_line, name_list, raise_terminated
+    from recbole_cmr.utils import (
+        CrossMarketError,
+        int_list,
+        interrupt_line,
+        io_error_line,
+        name_list,
+        positive_int,
+        raise_terminated,
+    )
 except KeyboardInterrupt:
     print("error: interrupted while starting; nothing was written", file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
@@ -24,7 +32,7 @@ except KeyboardInterrupt:
 #: it is the list length of --recommend and, in the other modes, ItemKNN's ``k`` (a RecBole config key).
 MODE_FLAGS = {
     "run": ("phase", "pretrained", "resume"),
-    "compare": ("models", "markets", "seeds", "scopes", "pretrained_dir"),
+    "compare": ("models", "markets", "seeds", "scopes", "pretrained_dir", "jobs"),
     "tune": ("ray_address",),
     "recommend": ("users", "all_users", "history", "histories", "keep_known"),
 }
@@ -61,6 +69,8 @@ def parse_args(argv):
                         "recommend: a .csv or .json file (default: print)")
     parser.add_argument("--pretrained_dir", default=None,
                         help="compare: folder of reusable pre-trained checkpoints (default: pretrained/ beside --out)")
+    parser.add_argument("--jobs", default=None, help="compare: cells run at once, one process and one thread each "
+                        "(default 1)")
     parser.add_argument("--tune", default=None, help="run a Ray Tune search described by this yaml (see props/tune/)")
     parser.add_argument("--ray_address", "--ray-address", default=None,
                         help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray instance)")
@@ -185,9 +195,7 @@ def _recommend(args):
     if len(sources) > 1:
         raise CrossMarketError(f"give one of --users, --all_users, --history, --histories (got --{sources[0]} and "
                                f"--{sources[1]})")
-    k = args.k or "10"
-    if not k.isdigit() or int(k) < 1:
-        raise CrossMarketError(f"--k must be an integer >= 1, got {args.k!r}")
+    k = positive_int(args.k or "10", "--k")
     if args.out and not args.out.lower().endswith((".csv", ".json")):
         raise CrossMarketError(f"--out must end in .csv or .json, got {args.out!r}")
     histories = None
@@ -197,14 +205,14 @@ def _recommend(args):
         histories = read_histories(args.histories)
     loaded = load_run(args.recommend)
     if histories is not None:
-        rows = recommend_histories(loaded, histories, args.market, int(k), args.keep_known)
+        rows = recommend_histories(loaded, histories, args.market, k, args.keep_known)
     else:
         if args.market:
             raise CrossMarketError("--market is for new users' histories; known users belong to the run's market")
         users = None if args.all_users else [u.strip() for u in args.users.split(",") if u.strip()]
         if users == []:
             raise CrossMarketError(f"--users names no user ({args.users!r}); give a comma list of the run's users")
-        rows = recommend(loaded, users, int(k), args.keep_known)
+        rows = recommend(loaded, users, k, args.keep_known)
     if args.out:
         write_recommendations(args.out, rows)
         print(f"{len(rows)} recommendations written to {args.out}")
@@ -248,7 +256,7 @@ def _main(parser, args, unknown):
         out = compare(models, name_list(args.markets or "IN,JP", "--markets"),
                       int_list(args.seeds or "2020", "--seeds"), (args.protocol or "market").lower(),
                       name_list(args.scopes or "single,++", "--scopes"), args.out,
-                      config_dict, args.pretrained_dir, files, tests)
+                      config_dict, args.pretrained_dir, files, tests, jobs=positive_int(args.jobs or "1", "--jobs"))
         print(open(f"{out}/table.md").read())
         print(f"comparison directory: {out}")
         return 0

@@ -11,10 +11,11 @@ back from ``results.csv``, so an interrupted grid resumes where it stopped, and 
 killed cell continues from its last finished epoch (its unfinished run folder
 keeps the training state, see :mod:`recbole_cmr.quick_start`).
 
-Several grids (processes, or machines sharing the folder) may fill one folder
-at once: each cell is claimed by a lock in ``.locks/`` while it runs, so a
-second grid skips it and says so, and ``results.csv`` and the tables are
-rewritten under a lock from the file's rows, keeping every grid's cells.
+Several grids (``jobs`` helper processes of one grid, other commands, or
+machines sharing the folder) may fill one folder at once: each cell is claimed
+by a lock in ``.locks/`` while it runs, so another grid skips it, and
+``results.csv`` and the tables are rewritten under a lock from the file's rows,
+keeping every grid's cells.
 
 Two-phase models keep their pre-trained checkpoint in ``pretrained_dir``
 (default: ``pretrained/`` beside the grid's folder) and later cells with the
@@ -28,8 +29,11 @@ import csv
 import glob
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
 import zipfile
 
 import numpy as np
@@ -362,15 +366,19 @@ def markdown(rows, out_dir, protocol, references=REFERENCES):
 
 
 def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), out_dir=None, config_dict=None,
-            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None, references=REFERENCES):
+            pretrained_dir=None, config_file_list=None, test_protocols=None, tuned_dir=None, references=REFERENCES,
+            jobs=1):
     """Run (or resume) the grid; returns the output directory.
 
     Every cell selects on valid under ``protocol`` and is tested under ``protocol`` and each of
     ``test_protocols``; ``table.md``/``plot.png`` show ``protocol``, ``table-<p>.md``/``plot-<p>.png`` the others.
     With ``tuned_dir`` (a folder of searches named by :func:`recbole_cmr.tune.search_name`) every cell also
     reads its search's ``best.yaml`` (except :data:`NOTHING_TO_TUNE`). Each of ``references`` (labels) gets a
-    Wilcoxon test against the best other model per market in the tables.
+    Wilcoxon test against the best other model per market in the tables. ``jobs``: cells run at once, each in its
+    own process (``jobs - 1`` helpers beside this one; give each cell one thread, the default ``torch_threads``).
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise CrossMarketError(f"--jobs must be an integer >= 1, got {jobs!r}")
     config_dict = dict(config_dict or {})
     tested = list(dict.fromkeys([protocol, *(test_protocols or [])]))
     tested = [get_protocol(p).name for p in tested]
@@ -389,26 +397,56 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
     check_grid_settings(out_dir, config_file_list, config_dict, tuned_dir)
     locks = os.path.join(out_dir, ".locks")
     os.makedirs(locks, exist_ok=True)
-    grid_lock = os.path.join(locks, "results.lock")
-    with locked(grid_lock):
+    with locked(os.path.join(locks, "results.lock")):
         remove_stale_runs(os.path.join(out_dir, "runs"))
-    elsewhere = []
+    fill = (cells, protocol, tested, config_file_list, config_dict, tuned_dir, out_dir, pretrained_dir, references)
+    helpers = [multiprocessing.get_context("spawn").Process(target=_helper, args=(*fill, f" in helper {n}"))
+               for n in range(1, jobs)]
+    for helper in helpers:
+        helper.start()
+    try:
+        _fill(*fill)
+    except BaseException:  # Ctrl-C reaches the helpers too; a SIGTERM or an error in this process stops them here
+        for helper in helpers:
+            helper.terminate()
+        raise
+    finally:
+        for helper in helpers:
+            helper.join()
+    failed = sum(helper.exitcode != 0 for helper in helpers)
+    if failed:
+        raise CrossMarketError(f"{failed} of the grid's {jobs - 1} helper processes failed (their errors are printed "
+                               "above); the same command runs their cells again")
+    with locked(os.path.join(locks, "results.lock")):
+        rows = read_grid_rows(results)
+    for cell in cells:
+        if not _finished(rows, cell, tested):
+            print(f"skipped {cell[0]} on {cell[3].upper()} seed {cell[4]}: another process is running it in "
+                  f"{out_dir}; run this command again once it has finished", flush=True)
+    return out_dir
+
+
+def _fill(cells, protocol, tested, config_file_list, config_dict, tuned_dir, out_dir, pretrained_dir, references,
+          where=""):
+    """Run every cell of the plan that is neither finished nor claimed by another process, in the plan's order;
+    ``where`` names the process in its progress lines."""
+    locks = os.path.join(out_dir, ".locks")
+    results = os.path.join(out_dir, "results.csv")
     for number, cell in enumerate(cells, 1):
-        key = (cell[0], cell[3].lower(), str(cell[4]))
         claim = try_lock(os.path.join(locks, _cell_name(cell) + ".lock"))
         if claim is None:
-            elsewhere.append(cell)
             continue
         try:
-            with locked(grid_lock):
-                rows = read_grid_rows(results)  # with the cells other grids in this folder finished meanwhile
-            if all(any(_row_key(r) == key and r["protocol"] == p for r in rows) for p in tested):
+            with locked(os.path.join(locks, "results.lock")):
+                finished = _finished(read_grid_rows(results), cell, tested)  # another process may have run it
+            if finished:
                 continue
             print(f"[{number}/{len(cells)}] running {cell[0]} on {cell[3].upper()} seed {cell[4]} (selected on "
-                  f"{protocol}, tested on {', '.join(tested)})", flush=True)
+                  f"{protocol}, tested on {', '.join(tested)}){where}", flush=True)
             cell_rows = run_cell(cell, protocol, tested, cell_config_files(cell, config_file_list, tuned_dir),
                                  config_dict, out_dir, pretrained_dir)
-            with locked(grid_lock):
+            with locked(os.path.join(locks, "results.lock")):
+                key = _row_key({"label": cell[0], "market": cell[3].lower(), "seed": cell[4]})
                 kept = [r for r in read_grid_rows(results) if _row_key(r) != key]  # a partial cell is redone
                 rows = kept + cell_rows
                 write_csv_rows(results, rows, FIELDS)
@@ -418,10 +456,20 @@ def compare(models, markets, seeds, protocol="market", scopes=("single", "++"), 
                     comparison(rows, os.path.join(out_dir, f"plot{suffix}.png"), p)
         finally:
             release(claim)
-    for cell in elsewhere:
-        print(f"skipped {cell[0]} on {cell[3].upper()} seed {cell[4]}: another process is running it in {out_dir}; "
-              "run this command again once it has finished", flush=True)
-    return out_dir
+
+
+def _helper(*fill):
+    """A helper process of a grid run with ``jobs``: fills cells beside the others; Ctrl-C ends it quietly (the
+    grid's own process reports it)."""
+    try:
+        _fill(*fill)
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+
+
+def _finished(rows, cell, tested):
+    key = _row_key({"label": cell[0], "market": cell[3].lower(), "seed": cell[4]})
+    return all(any(_row_key(r) == key and r["protocol"] == p for r in rows) for p in tested)
 
 
 def _row_key(row):

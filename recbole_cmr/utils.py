@@ -60,6 +60,13 @@ def int_list(text, flag):
         raise CrossMarketError(f"{flag} must be comma separated integers, got {text!r}") from None
 
 
+def positive_int(text, flag):
+    """``"4"`` -> ``4``: a command-line count of at least one, or say which flag is malformed."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise CrossMarketError(f"{flag} must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def plugin_model_names():
     """Model classes this plugin adds, by class name: every RecBole recommender defined in a module of
     ``recbole_cmr/model/`` (a new model is found by its file alone); names starting with ``_`` are bases."""

@@ -31,6 +31,8 @@ from run_recbole_cmr import main  # noqa: E402
     (["--compare", "--market=JP"], "--compare takes its target markets as --markets"),
     (["--tune=props/tune/ease.yaml", "--seeds=1"], "--seeds is for --compare, not for --tune"),
     (["--compare", "--tune=props/tune/ease.yaml"], "--compare and --tune are separate modes"),
+    (["--compare", "--jobs=0"], "--jobs must be an integer >= 1, got '0'"),
+    (["--jobs=2"], "--jobs is for --compare, not for a plain run"),
 ])
 def test_cli_bad_input(tmp_path, args, message):
     out = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), *args,

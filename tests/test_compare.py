@@ -1,6 +1,7 @@
 """The comparison grid: resumable, one table with protocol and seeds, a plot, a paired test."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -130,3 +131,25 @@ def test_a_damaged_grid_folder_gives_one_error_naming_the_file(tiny_root, tmp_pa
         f.write(b"junk")
     with pytest.raises(CrossMarketError, match="per-user file .*Pop-single-bb-1.npz cannot be read"):
         markdown(read_csv_rows(os.path.join(out, "results.csv")), out, "market", references=("EASE (single)",))
+
+
+def test_a_grid_with_helper_processes_gives_the_numbers_of_one_process(tiny_root, tmp_path, capfd):
+    """Each cell runs once, in whichever process claims it first (the helpers start a few seconds late, so how
+    many they take depends on the machine), and the results are those of one process."""
+    grid = (["Pop", "EASE", "BPR"], ["bb", "cc"], [1], "market", ["single"])
+    alone = compare(*grid, str(tmp_path / "alone"), tiny_dict(tiny_root))
+    capfd.readouterr()
+    shared = compare(*grid, str(tmp_path / "shared"), tiny_dict(tiny_root), jobs=3)
+    printed = capfd.readouterr().out  # the helpers' lines too
+
+    def cells(out):
+        return sorted(tuple((k, v) for k, v in r.items() if k != "seconds")
+                      for r in read_csv_rows(os.path.join(out, "results.csv")))
+
+    assert cells(shared) == cells(alone) and len(cells(alone)) == 6 * 2
+    assert "skipped" not in printed, "the helpers' cells are finished when the grid returns"
+    ran = [re.sub(r" in helper \d+$", "", line.split("] ")[1]) for line in printed.splitlines() if " running " in line]
+    assert sorted(ran) == sorted(f"running {m} (single) on {k} seed 1 (selected on market, tested on market)"
+                                 for m in ("Pop", "EASE", "BPR") for k in ("BB", "CC"))
+    with pytest.raises(CrossMarketError, match="--jobs must be an integer >= 1, got 0"):
+        compare(*grid, str(tmp_path / "shared"), tiny_dict(tiny_root), jobs=0)
