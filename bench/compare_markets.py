@@ -33,7 +33,15 @@ import numpy as np
 from recbole_cmr.compare import REFERENCES, compare, mean_text
 from recbole_cmr.config import make_config
 from recbole_cmr.data.dataset import create_dataset
-from recbole_cmr.utils import CrossMarketError, int_list, io_error_line, name_list, read_csv_rows, write_text
+from recbole_cmr.utils import (
+    CrossMarketError,
+    int_list,
+    io_error_line,
+    name_list,
+    positive_int,
+    read_csv_rows,
+    write_text,
+)
 
 MODELS = ("ACMR,Pop,ItemKNN,EASE,BPR,NeuMF,WideDeep,LightGCN,SASRec,BERT4Rec,FOREC,MANeuMF,M3Rec,CoNet,DDTCDR,MMoE,"
           "CrossStitch,CMRanker")
@@ -123,6 +131,7 @@ def main(argv=None):
     parser.add_argument("--scopes", default="single,++",
                         help="built-ins' training scopes (cross-market models ignore it)")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    parser.add_argument("--jobs", default="1", help="cells run at once, one process and one thread each")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too: keep the bench's own flags from it
     return bench_command(_main, args)
@@ -131,12 +140,13 @@ def main(argv=None):
 def _main(args):
     models, scopes = name_list(args.models, "--models"), name_list(args.scopes, "--scopes")
     markets, seeds = market_list(args.markets), int_list(args.seeds, "--seeds")
+    jobs = positive_int(args.jobs, "--jobs")
     work = os.path.join(os.path.dirname(os.path.abspath(__file__)), "work")
     for market in markets:  # market by market, so every finished market is a complete row set
         started = time.time()
         out = compare(models, [market], seeds, "market", scopes, os.path.join(args.results, "compare"),
                       {"dataset": "xmarket", **SETTINGS}, os.path.join(work, "pretrained"),
-                      test_protocols=["full", "paper"], references=REFERENCES)
+                      test_protocols=["full", "paper"], references=REFERENCES, jobs=jobs)
         print(f"{market}: {time.time() - started:.0f} s -> {out}/table.md, {out}/table-paper.md, "
               f"{summary(out)}", flush=True)
     return 0

@@ -32,7 +32,15 @@ from compare_markets import bench_command, market_list, summary
 from recbole_cmr.compare import NOTHING_TO_TUNE, REFERENCES, compare
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.tune import search_name, tune_model
-from recbole_cmr.utils import CrossMarketError, get_model, int_list, name_list, read_csv_rows, write_text
+from recbole_cmr.utils import (
+    CrossMarketError,
+    get_model,
+    int_list,
+    name_list,
+    positive_int,
+    read_csv_rows,
+    write_text,
+)
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -58,7 +66,7 @@ def searchable_models():
 
 
 def check_arguments(args):
-    """(models, markets, seeds) of the command, each checked before the first search: a bad one would otherwise
+    """(models, markets, seeds, jobs) of the command, each checked before the first search: a bad one would otherwise
     stop the command hours in, or fail every trial of its searches."""
     models = name_list(args.models, "--models")
     tunable = searchable_models()
@@ -70,7 +78,10 @@ def check_arguments(args):
     if args.seeds is not None and not args.rerun:
         raise CrossMarketError("--seeds is for --rerun; drop it, or add --rerun to test the selected settings")
     seeds = int_list(args.seeds or "2020,2021,2022", "--seeds") if args.rerun else None
-    return models, market_list(args.markets), seeds
+    if args.jobs is not None and not args.rerun:
+        raise CrossMarketError("--jobs is for --rerun (a search runs two trials at once); drop it")
+    jobs = positive_int(args.jobs or "1", "--jobs")
+    return models, market_list(args.markets), seeds, jobs
 
 
 def searches(models, markets):
@@ -132,6 +143,7 @@ def main(argv=None):
     parser.add_argument("--rerun", action="store_true", help="rerun the selected configurations on --seeds")
     parser.add_argument("--seeds", default=None, help="--rerun: comma list of seeds (default 2020,2021,2022)")
     parser.add_argument("--results", default=os.path.join(BENCH, "results"))
+    parser.add_argument("--jobs", default=None, help="--rerun: cells run at once, one process and one thread each")
     args = parser.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too
     return bench_command(_main, args, interrupted)
@@ -144,7 +156,7 @@ def interrupted(err):
 
 
 def _main(args):
-    models, markets, seeds = check_arguments(args)
+    models, markets, seeds, jobs = check_arguments(args)
     tuned = os.path.join(args.results, "tune")
     if args.rerun:
         groups = {"Pop": ["single", "++"]}  # compare gives one list of scopes to all its built-ins: one call per list
@@ -158,7 +170,7 @@ def _main(args):
                               seeds, "market", list(scopes),
                               os.path.join(args.results, "compare-tuned"), {"dataset": "xmarket", **SETTINGS},
                               os.path.join(BENCH, "work", "pretrained"), test_protocols=["full", "paper"],
-                              tuned_dir=tuned, references=REFERENCES)
+                              tuned_dir=tuned, references=REFERENCES, jobs=jobs)
             print(f"{market}: {time.time() - started:.0f} s -> {summary(out)}", flush=True)
         return 0
     for model, scope, market, overrides in searches(models, markets):

@@ -458,6 +458,8 @@ def load_bench(name):
     (["--markets", "IN,in"], "--markets lists in more than once"),
     (["--rerun", "--seeds", "abc"], "--seeds must be comma separated integers, got 'abc'"),
     (["--seeds", "2020"], "--seeds is for --rerun"),
+    (["--jobs", "2"], "--jobs is for --rerun"),
+    (["--rerun", "--jobs", "0"], "--jobs must be an integer >= 1, got '0'"),
 ])
 def test_the_benchmark_searches_refuse_bad_arguments_in_one_line_before_ray(tmp_path, capsys, monkeypatch, argv,
                                                                              message):
