@@ -168,10 +168,19 @@ def release(fd):
 
 
 def is_locked(path):
-    """Whether another holder has :func:`try_lock` on ``path`` now."""
-    fd = try_lock(path)
-    release(fd)
-    return fd is None
+    """Whether another holder has :func:`try_lock` on the folder ``path`` now (not if it is gone, e.g. renamed by
+    the run that finished in it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 @contextlib.contextmanager

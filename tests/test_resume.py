@@ -124,6 +124,8 @@ def test_a_folder_another_process_runs_in_is_neither_resumed_nor_removed(tiny_ro
     finally:
         release(held)
     assert find_resumable_run(config) == folder
+    gone = tmp_path / "renamed-by-its-finished-run.incomplete"
+    assert not is_locked(str(gone)) and not gone.exists(), "asking about a folder that is gone creates nothing"
     runs = tmp_path / "grid" / "runs"  # a grid beside a run that has not finished its first epoch yet
     starting, killed = (runs / f"ACMR-bb-market-seed1-{name}.incomplete" for name in ("starting", "killed"))
     starting.mkdir(parents=True)
