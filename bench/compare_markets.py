@@ -23,6 +23,7 @@ use both in each phase.
 
 import argparse
 import os
+import signal
 import sys
 import time
 import warnings
@@ -36,9 +37,11 @@ from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.utils import (
     CrossMarketError,
     int_list,
+    interrupt_line,
     io_error_line,
     name_list,
     positive_int,
+    raise_terminated,
     read_csv_rows,
     write_text,
 )
@@ -62,8 +65,9 @@ def market_list(text):
 
 def bench_command(body, args, interrupted="continues from the finished cells"):
     """Run a bench command's ``body(args)``: a bad argument or an unwritable results folder is one ``error:`` line
-    and exit code 2, Ctrl-C one line and 130 saying what the same command does (``interrupted``: text, or a
-    function of the interruption)."""
+    and exit code 2, Ctrl-C one line and 130 (SIGTERM: 143) saying what the same command does (``interrupted``:
+    text, or a function of the interruption)."""
+    on_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return body(args)
     except CrossMarketError as err:
@@ -74,8 +78,11 @@ def bench_command(body, args, interrupted="continues from the finished cells"):
         return 2
     except KeyboardInterrupt as err:
         what = interrupted(err) if callable(interrupted) else interrupted
-        print(f"error: interrupted; the same command {what}", file=sys.stderr)
-        return 130
+        line, status = interrupt_line(err, f"the same command {what}")
+        print(line, file=sys.stderr)
+        return status
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def protocol_table(values, labels, markets, seeds, protocol, seconds=None):

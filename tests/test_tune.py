@@ -498,3 +498,21 @@ def test_the_benchmark_grids_refuse_bad_arguments_in_one_line_before_any_run(tmp
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: {message}"]
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_a_benchmark_stopped_by_ctrl_c_or_a_scheduler_says_so_in_one_line(capsys, signum, code, word):
+    def body(args):
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # the signal arrives first
+
+    bench = load_bench("compare_markets")
+    on_sigterm = signal.getsignal(signal.SIGTERM)
+    on_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
+    try:
+        assert bench.bench_command(body, None) == code
+    finally:
+        signal.signal(signal.SIGINT, on_sigint)
+    assert capsys.readouterr().err == f"error: {word}; the same command continues from the finished cells\n"
+    assert signal.getsignal(signal.SIGTERM) is on_sigterm
