@@ -9,10 +9,11 @@ models combined by a ranking model), written for this plugin's split:
    the user's items in the target market and, summed, in the other markets; the candidate's popularity in
    the target market and overall, the number of markets selling it; the user's history length.
 2. A LightGBM LambdaRank model orders the candidates of a user by these features. Its labels come from
-   an inner split of the *training* data: one random training item per target user (seeded) is held out,
-   the base scores are fitted on the rest, and the held-out item must outrank the user's other
-   candidates (the base models' top items and random items of the target market). Valid and test rows
-   are never features or labels; the base scores are then refitted on all training rows for evaluation.
+   an inner split of the *training* data: one random training item is held out for (at most
+   ``ranker_users_per_market``) users of every market (seeded), the base scores are fitted on the rest,
+   and the held-out item must outrank random items of the user's market that the user has not bought
+   (as the protocols draw negatives). Valid and test rows are never features or labels; the base scores
+   are then refitted on all training rows for evaluation.
 
 LightGBM, because its LambdaRank optimises NDCG directly per user group, trains in seconds on these
 frames on one CPU thread, and is deterministic with ``deterministic=True`` and a seed.
