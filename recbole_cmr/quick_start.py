@@ -51,6 +51,9 @@ from recbole_cmr.utils import (
 PHASES = ("both", "pretrain", "finetune")
 #: Config keys that change what a run prints, not what it computes: a resumed run may differ in them.
 DISPLAY_KEYS = ("state", "show_progress")
+#: Where a run's files are, not what it computes (the atomic files' digest stands for the data): a run folder
+#: committed from one clone resumes in another clone at another path.
+LOCATION_KEYS = ("checkpoint_dir", "data_path")
 #: Files that exist only to resume an unfinished run; removed when it finishes.
 RESUME_FILES = ("resume.json", "*.resume.pth", "*.done.json")
 REPORTED_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
@@ -143,18 +146,30 @@ def plain_config(config):
 
 
 def resume_request(config, phase, pretrained, test_protocols):
-    """What a run computes: its config (plain values, display keys left out) and the run's own arguments."""
-    plain = {k: v for k, v in plain_config(config).items() if k not in DISPLAY_KEYS}
-    request = {"config": plain, "phase": phase, "pretrained": pretrained, "test_protocols": test_protocols}
+    """What a run computes: its config (plain values; display keys and file locations left out), the digest of
+    its atomic files and the run's own arguments."""
+    plain = {k: v for k, v in plain_config(config).items() if k not in DISPLAY_KEYS + LOCATION_KEYS}
+    request = {"config": plain, "data": atomic_files_digest(config), "phase": phase, "pretrained": pretrained,
+               "test_protocols": test_protocols}
     return json.loads(json.dumps(request, sort_keys=True, default=str))
+
+
+def _comparable(recorded, request):
+    """A recorded request in the current request's terms: folders written before file locations were left out
+    drop them, and those without the data's digest are compared without it."""
+    recorded = {**recorded, "config": {k: v for k, v in recorded["config"].items() if k not in LOCATION_KEYS}}
+    if "data" not in recorded:
+        recorded["data"] = request["data"]
+    return recorded
 
 
 def _recorded_request(folder):
     try:
         with open(os.path.join(folder, "resume.json"), encoding="utf-8") as f:
-            return json.load(f)
+            recorded = json.load(f)
     except (OSError, ValueError):
         return None
+    return recorded if isinstance(recorded, dict) and isinstance(recorded.get("config"), dict) else None
 
 
 def check_resumable(folder, request):
@@ -165,10 +180,11 @@ def check_resumable(folder, request):
     if recorded is None or not holds_training_state(folder):
         raise CrossMarketError(f"{folder} holds no training state to resume (it stopped before its first epoch "
                                "ended); delete it and run again")
+    recorded = _comparable(recorded, request)
     if recorded != request:
         changed = sorted(k for k in set(recorded["config"]) | set(request["config"])
                          if recorded["config"].get(k) != request["config"].get(k))
-        changed += [k for k in ("phase", "pretrained", "test_protocols") if recorded.get(k) != request.get(k)]
+        changed += [k for k in ("data", "phase", "pretrained", "test_protocols") if recorded.get(k) != request.get(k)]
         raise CrossMarketError(f"{folder} was started with other settings ({', '.join(changed[:5])} "
                                f"{'differs' if len(changed) == 1 else 'differ'}); resume it with the command that "
                                "started it, or delete it")
@@ -180,7 +196,9 @@ def find_resumable_run(config, phase="both", pretrained=None, test_protocols=Non
     request = resume_request(config, phase, pretrained, _test_protocols(config, test_protocols))
     pattern = f"{config['model']}-{config['target_market']}-{config['eval_protocol']}-seed{config['seed']}-*.incomplete"
     for folder in sorted(glob.glob(os.path.join(config["checkpoint_dir"], pattern)), reverse=True):
-        if _recorded_request(folder) == request and holds_training_state(folder) and not is_locked(folder):
+        recorded = _recorded_request(folder)
+        if (recorded is not None and _comparable(recorded, request) == request and holds_training_state(folder)
+                and not is_locked(folder)):
             return folder
     return None
 

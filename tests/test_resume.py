@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,31 @@ def test_resume_refuses_other_settings_and_folders_without_a_state(tiny_root, tm
         run("ACMR", "bb", config_dict=settings, callback_fn=interrupt_at("pretrain", 0))
     assert getattr(raised.value, "kept_run", None) is None
     assert sorted(os.listdir(settings["checkpoint_dir"])) == [os.path.basename(folder)]
+
+
+def test_a_run_folder_moved_with_its_clone_resumes_but_not_on_other_data(tiny_root, tmp_path):
+    settings = acmr_dict(tiny_root, tmp_path)
+    _, whole = run("ACMR", "bb", config_dict=settings, test_protocols=["paper"], saved=False)
+    folder = interrupted("ACMR", settings, "pretrain", 2, test_protocols=["paper"])
+    # a commit of the folder, cloned at another path: the data and the run folders live elsewhere now
+    moved = {**settings, "data_path": str(tmp_path / "clone" / "atomic"),
+             "checkpoint_dir": str(tmp_path / "clone" / "saved")}
+    shutil.copytree(tiny_root, moved["data_path"])
+    copy = shutil.copytree(folder, os.path.join(moved["checkpoint_dir"], os.path.basename(folder)))
+    # the same path with one row fewer in the atomic file is other data
+    other = {**moved, "data_path": str(tmp_path / "other")}
+    shutil.copytree(tiny_root, other["data_path"])
+    inter = glob.glob(os.path.join(other["data_path"], "**", "*.inter"), recursive=True)[0]
+    with open(inter) as f:
+        lines = f.read().splitlines(keepends=True)
+    with open(inter, "w") as f:
+        f.writelines(lines[:-1])
+    assert find_resumable_run(make_config("ACMR", "bb", config_dict=other), test_protocols=["paper"]) is None
+    with pytest.raises(CrossMarketError, match="started with other settings \\(data differs"):
+        run("ACMR", "bb", config_dict=other, test_protocols=["paper"], resume=copy)
+    assert find_resumable_run(make_config("ACMR", "bb", config_dict=moved), test_protocols=["paper"]) == copy
+    _, continued = run("ACMR", "bb", config_dict=moved, test_protocols=["paper"], resume=copy)
+    assert continued == whole
 
 
 def test_a_grid_continues_its_killed_cell(tiny_root, tmp_path, capsys):
