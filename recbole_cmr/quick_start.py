@@ -499,7 +499,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
                      **{f"{p}/{m}": v for p, by_metric in runner.per_user_test.items() for m, v in by_metric.items()})
         with open(run_dir.file("config.json"), "w") as f:
             json.dump(plain_config(config), f, indent=2, default=str)
-        write_text(run_dir.file("data.json"), json.dumps(atomic_files_digest(config), indent=2))
+        write_text(run_dir.file("data.json"), json.dumps(request["data"], indent=2))  # the files the run read
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: keep what can be continued
         if saved and run_dir.resumable():
             err.kept_run = run_dir.work
