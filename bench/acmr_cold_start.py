@@ -14,9 +14,9 @@ NDCG@10 of both rows beside ACMR trained on every market and Pop (single) from t
 """
 
 import argparse
+import json
 import os
 import sys
-import time
 import warnings
 from collections import defaultdict
 
@@ -86,14 +86,14 @@ def _main(args):
             if any(r["market"] == market and r["seed"] == str(seed) for r in rows):
                 continue
             print(f"ACMR cold start on {market.upper()}, seed {seed}", flush=True)
-            started = time.time()
             config_dict = {**SETTINGS, "dataset": "xmarket", "train_markets": "source", "seed": seed,
                            "state": "WARNING", "checkpoint_dir": os.path.join(BENCH, "work", "cold_start")}
             resume = find_resumable_run(make_config("ACMR", market, None, config_dict),
                                         test_protocols=list(PROTOCOLS))
             path, run_rows = run("ACMR", market, config_dict=config_dict, test_protocols=list(PROTOCOLS),
                                  resume=resume)
-            seconds = round(time.time() - started, 1)
+            with open(os.path.join(path, "results.json")) as f:
+                seconds = json.load(f)["wall_seconds"]  # an interrupted run's computing time included
             rows += [{**{k: r[k] for k in FIELDS if k in r}, "seconds": seconds} for r in run_rows]
             write_csv_rows(results, rows, FIELDS)
             print(f"  {seconds:.0f} s, run folder {path}", flush=True)
