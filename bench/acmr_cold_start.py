@@ -94,7 +94,7 @@ def _main(args):
                                  resume=resume)
             with open(os.path.join(path, "results.json")) as f:
                 seconds = json.load(f)["wall_seconds"]  # an interrupted run's computing time included
-            rows += [{**{k: r[k] for k in FIELDS if k in r}, "seconds": seconds} for r in run_rows]
+            rows += [{**{k: r[k] for k in FIELDS if k in r}, "seed": str(seed), "seconds": seconds} for r in run_rows]
             write_csv_rows(results, rows, FIELDS)
             print(f"  {seconds:.0f} s, run folder {path}", flush=True)
     print(open(summary(rows, args.results)).read())
