@@ -14,7 +14,6 @@ NDCG@10 of both rows beside ACMR trained on every market and Pop (single) from t
 """
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -23,7 +22,7 @@ from collections import defaultdict
 from compare_markets import SETTINGS, bench_command, market_list, protocol_table
 
 from recbole_cmr.config import make_config
-from recbole_cmr.quick_start import find_resumable_run, run
+from recbole_cmr.quick_start import find_resumable_run, run, run_seconds
 from recbole_cmr.utils import int_list, read_csv_rows, write_csv_rows, write_text
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -92,8 +91,7 @@ def _main(args):
                                         test_protocols=list(PROTOCOLS))
             path, run_rows = run("ACMR", market, config_dict=config_dict, test_protocols=list(PROTOCOLS),
                                  resume=resume)
-            with open(os.path.join(path, "results.json")) as f:
-                seconds = json.load(f)["wall_seconds"]  # an interrupted run's computing time included
+            seconds = run_seconds(path)
             rows += [{**{k: r[k] for k in FIELDS if k in r}, "seed": str(seed), "seconds": seconds} for r in run_rows]
             write_csv_rows(results, rows, FIELDS)
             print(f"  {seconds:.0f} s, run folder {path}", flush=True)

@@ -46,7 +46,7 @@ from recbole_cmr.data.protocol import get_protocol
 from recbole_cmr.evaluator import EVALUATION
 from recbole_cmr.model.abstract_recommender import CrossMarketModel
 from recbole_cmr.plots import comparison
-from recbole_cmr.quick_start import find_resumable_run, holds_training_state, run
+from recbole_cmr.quick_start import find_resumable_run, holds_training_state, run, run_seconds
 from recbole_cmr.tune import search_name
 from recbole_cmr.utils import (
     CrossMarketError,
@@ -231,8 +231,7 @@ def run_cell(cell, protocol, test_protocols, config_file_list, config_dict, out_
         print(f"  continuing the interrupted run {resume}", flush=True)
     path, rows = run(model, market, config_file_list, cell_dict, pretrained=reuse, test_protocols=test_protocols,
                      resume=resume)
-    with open(os.path.join(path, "results.json"), encoding="utf-8") as f:
-        seconds = json.load(f)["wall_seconds"]  # an interrupted run's computing time included
+    seconds = run_seconds(path)
     if cached and not reuse:
         os.makedirs(pretrained_dir, exist_ok=True)
         with open(os.path.join(path, "pretrain.pth"), "rb") as source:

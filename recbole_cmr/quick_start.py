@@ -397,6 +397,12 @@ class CrossMarketRun:
         return results
 
 
+def run_seconds(run_path):
+    """A finished run's computing time from its ``results.json``, an interrupted run's earlier sessions included."""
+    with open(os.path.join(run_path, "results.json"), encoding="utf-8") as f:
+        return json.load(f)["wall_seconds"]
+
+
 def results_rows(config, results):
     """Flat rows (one per phase, protocol and split) for tables and CSV."""
     rows = []
