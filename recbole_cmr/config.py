@@ -70,6 +70,11 @@ class CrossMarketConfig(Config):
         if self.final_config_dict.get("split_seed") is None:  # the split follows the run's seed by default
             self.final_config_dict["split_seed"] = self.final_config_dict.get("seed")
         self.final_config_dict["checkpoint_dir"] = os.path.abspath(self.final_config_dict["checkpoint_dir"])
+        for key in ("metrics", "topk"):  # RecBole refuses them with a traceback or without saying what it takes
+            value = self.final_config_dict.get(key)
+            accepts, what = SETTING_RULES[key]
+            if value is not None and not accepts(value if isinstance(value, list) else [value]):
+                raise CrossMarketError(f"impossible settings: {key} must be {what}, got {value!r}")
         super()._set_default_parameters()
         self.final_config_dict["data_path"] = os.path.abspath(self.final_config_dict["data_path"])
 
@@ -252,6 +257,9 @@ def _is_interval(value):
     return True
 
 
+#: the ranking metrics a run can report, as RecBole spells them (Recall, NDCG, ...)
+RANKING_METRIC_NAMES = [c.__name__.removeprefix("Expected") for c in FAIR_METRICS.values()]
+
 #: key -> (accepts the value, what it must be); keys a model does not have are skipped.
 SETTING_RULES = {
     "learning_rate": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -271,7 +279,7 @@ SETTING_RULES = {
              "a non-empty list of distinct integers >= 1"),
     "metrics": (lambda v: isinstance(v, list) and bool(v) and all(str(m).lower() in FAIR_METRICS for m in v)
                 and len({str(m).lower() for m in v}) == len(v),
-                f"a list of distinct ranking metrics from {', '.join(m.capitalize() for m in FAIR_METRICS)}"),
+                f"a list of distinct ranking metrics from {', '.join(RANKING_METRIC_NAMES)}"),
     "train_neg_sample_args": (lambda v: v is None or (isinstance(v, dict) and (
         v.get("distribution") == "none" or _is_int(v.get("sample_num", 1), 1))),  # "none": RecBole's form of ~
         "~ or a mapping whose sample_num is an integer >= 1"),

@@ -113,7 +113,7 @@ def get_model(model_name):
         pass
     finally:  # importing RecBole's sequential models (sine.py) turns autograd anomaly detection on for the process
         torch.autograd.set_detect_anomaly(anomaly_mode)
-    known = list(plugin) + recbole_model_names()
+    known = list(dict.fromkeys(list(plugin) + recbole_model_names()))  # plugin models can shadow RecBole's (Pop)
     close = difflib.get_close_matches(model_name.lower(), [k.lower() for k in known], n=3, cutoff=0.6)
     by_lower = {k.lower(): k for k in known}
     hint = f" Did you mean: {', '.join(by_lower.get(c, c) for c in close)}?" if close else ""

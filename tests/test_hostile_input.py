@@ -161,6 +161,8 @@ def test_fuzzed_atomic_files_load_or_give_one_error(tmp_path):
     ("--eval_batch_size=0", "eval_batch_size must be an integer >= 1, got 0"),
     ("--valid_metric=AUC", "valid_metric must be one of the configured metrics"),
     ("--metrics=['AUC']", "metrics must be a list of distinct ranking metrics"),
+    ("--metrics=['Foo']", "from Recall, Precision, NDCG, MRR, Hit, got ['Foo']"),  # RecBole: a traceback
+    ("--topk=ten", "topk must be a non-empty list of distinct integers >= 1, got 'ten'"),
     ("--seed=abc", "seed must be an integer >= 0, got 'abc'"),
     ("--split_seed=-1", "split_seed must be an integer >= 0, got -1"),
     ("--pretrain_max_epochs=-1", "pretrain_max_epochs must be an integer >= 1"),
@@ -187,7 +189,7 @@ def test_values_recbole_checks_late_or_never(tmp_path, capsys, arg, message):
 
 
 @pytest.mark.parametrize("model, arg, message", [
-    ("Pop", "--topk=[0]", "topk must be a positive integer"),  # RecBole's own check, as one line
+    ("Pop", "--topk=[0]", "topk must be a non-empty list of distinct integers >= 1, got [0]"),
     ("BPR", "--train_neg_sample_args={'distribution':'zipf'}", "distribution [zipf]"),
     ("EASE", "--reg_weight=-5", "reg_weight must be a number > 0"),
     ("ItemKNN", "--k=0", "k must be an integer >= 1"),
