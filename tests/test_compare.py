@@ -56,7 +56,7 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
 
 
 @pytest.mark.parametrize("models, markets, seeds, message", [
-    (["Popp"], ["bb"], [1], "unknown model 'Popp'. Did you mean: Pop? "),  # once
+    (["Popp"], ["bb"], [1], "unknown model 'Popp'. Did you mean: Pop\\? Model"),  # each name once
     (["Pop"], ["bb", "zz"], [1], "unknown market 'zz'"),
     (["Pop", "Pop"], ["bb"], [1], "--models lists Pop more than once"),  # a repeat is an error, not merged
     (["Pop"], ["bb", "BB"], [1], "--markets lists bb more than once"),
