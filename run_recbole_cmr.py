@@ -9,6 +9,7 @@ file), so a typo stops the command instead of becoming a new, unused key.
 """
 
 import argparse
+import collections
 import difflib
 import signal
 import sys
@@ -200,7 +201,7 @@ def _recommend(args):
         raise CrossMarketError(f"--out must end in .csv or .json, got {args.out!r}")
     histories = None
     if args.history:
-        histories = {"new_user": [item.strip() for item in args.history.split(",") if item.strip()]}
+        histories = {"new_user": name_list(args.history, "--history")}
     elif args.histories:
         histories = read_histories(args.histories)
     loaded = load_run(args.recommend)
@@ -209,10 +210,15 @@ def _recommend(args):
     else:
         if args.market:
             raise CrossMarketError("--market is for new users' histories; known users belong to the run's market")
-        users = None if args.all_users else [u.strip() for u in args.users.split(",") if u.strip()]
-        if users == []:
-            raise CrossMarketError(f"--users names no user ({args.users!r}); give a comma list of the run's users")
+        users = None if args.all_users else name_list(args.users, "--users")
         rows = recommend(loaded, users, k, args.keep_known)
+    per_user = collections.Counter(r["user"] for r in rows)
+    short = sorted(n for n in per_user.values() if n < k)
+    if short:  # said, not silent: a market has fewer unseen candidates than asked for
+        counts = f"{short[0]} each" if short[0] == short[-1] else f"{short[0]} to {short[-1]}"
+        print(f"note: {len(short)} of {len(per_user)} user(s) got fewer than --k={k} items ({counts}): that is "
+              "every candidate of their market "
+              f"{'' if args.keep_known else 'they do not already have '}(items sold there)", file=sys.stderr)
     if args.out:
         write_recommendations(args.out, rows)
         print(f"{len(rows)} recommendations written to {args.out}")

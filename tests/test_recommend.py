@@ -169,6 +169,10 @@ def test_command_line_writes_csv_and_json(runs, tmp_path):
     assert [r["user"] for r in json.load(open(tmp_path / "new.json"))] == ["new1", "new1", "new2", "new2"]
     out = _cli("--recommend", runs["EASE"], "--all_users", "--k", "1", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.count("bb_u") == 20
+    assert out.stderr == ""
+    out = _cli("--recommend", runs["EASE"], "--users", "bb_u0", "--k", "1000", cwd=tmp_path)  # more than bb sells
+    assert out.returncode == 0 and 1 < out.stdout.count("bb_u0") < 1000
+    assert out.stderr.startswith("note: 1 of 1 user(s) got fewer than --k=1000 items"), out.stderr
 
 
 @pytest.mark.parametrize("args, message", [
@@ -179,7 +183,9 @@ def test_command_line_writes_csv_and_json(runs, tmp_path):
     (["--recommend", "RUN", "--histories", "missing.csv"], "history file missing.csv does not exist"),
     (["--recommend", "RUN", "--history", "i20", "--out", "recs.txt"], "--out must end in .csv or .json"),
     (["--recommend", "RUN", "--users", "nobody"], "unknown user(s) 'nobody'"),
-    (["--recommend", "RUN", "--users", ",,"], "--users names no user"),
+    (["--recommend", "RUN", "--users", ",,"], "--users has an empty name"),
+    (["--recommend", "RUN", "--users", "bb_u0,,bb_u1"], "--users has an empty name"),  # not silently dropped
+    (["--recommend", "RUN", "--history", "i20,,i21"], "--history has an empty name"),
 ])
 def test_command_line_bad_requests(runs, tmp_path, args, message):
     args = [runs["EASE"] if a == "RUN" else a for a in args]
