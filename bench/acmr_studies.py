@@ -15,15 +15,15 @@ valid under ``market``, tested under ``market``, ``paper`` and ``full``) and one
   pre-training epoch beside each point (the paper's argument for its choices is a trade-off with time).
 
 Results land in ``bench/results/acmr_<study>/``: ``results.csv`` (one row per point, seed, protocol and
-split; finished points are skipped when the command is run again), ``per_user/``, ``summary.md`` and
-``plot.png``. Run it alone on the machine: the seconds per epoch are only comparable then.
+split; finished points are skipped when the command is run again, and a killed run continues from its last
+finished epoch), ``per_user/``, ``summary.md`` and ``plot.png``. Run it alone on the machine: the seconds per
+epoch are only comparable then.
 """
 
 import argparse
 import os
 import shutil
 import sys
-import time
 import warnings
 from collections import defaultdict
 
@@ -32,7 +32,8 @@ import numpy as np
 from compare_markets import SETTINGS
 from scipy import stats
 
-from recbole_cmr.quick_start import run
+from recbole_cmr.config import make_config
+from recbole_cmr.quick_start import find_resumable_run, run, run_seconds
 from recbole_cmr.utils import read_csv_rows, write_atomically, write_csv_rows, write_text
 
 matplotlib.use("Agg")
@@ -63,22 +64,24 @@ DEFAULTS = {"d": 32, "SL": 50, "L": 4, "H": 8}
 
 
 def run_point(study, point, overrides, market, seed, out):
-    """One ACMR run; its final-phase rows with the epochs run and the mean seconds per pre-training epoch."""
-    started = time.time()
-    path, rows = run("ACMR", market, config_dict={
-        **SETTINGS, **overrides, "seed": seed, "state": "WARNING", "eval_protocol": "market",
-        "checkpoint_dir": os.path.join(BENCH, "work", f"acmr_{study}")}, test_protocols=list(PROTOCOLS))
-    seconds = round(time.time() - started, 1)
+    """One ACMR run (an interrupted one continues from its last finished epoch); its final-phase rows with the
+    epochs run, the mean seconds per pre-training epoch and the run's computing time."""
+    config_dict = {**SETTINGS, **overrides, "seed": seed, "state": "WARNING", "eval_protocol": "market",
+                   "checkpoint_dir": os.path.join(BENCH, "work", f"acmr_{study}")}
+    resume = find_resumable_run(make_config("ACMR", market, None, config_dict), test_protocols=list(PROTOCOLS))
+    if resume:
+        print(f"  continuing the interrupted run {resume}", flush=True)
+    path, rows = run("ACMR", market, config_dict=config_dict, test_protocols=list(PROTOCOLS), resume=resume)
     curves = read_csv_rows(os.path.join(path, "learning_curves.csv"))
     first = [r for r in curves if r["phase"] == curves[0]["phase"]]  # pre-training, or the one phase
     per_user = os.path.join(out, "per_user")
     os.makedirs(per_user, exist_ok=True)
     shutil.copy(os.path.join(path, "per_user_test.npz"), os.path.join(per_user, f"{slug(point)}-{market}-{seed}.npz"))
     final = rows[-1]["phase"]
-    return [{"point": point, "market": market, "seed": seed, "protocol": r["protocol"], "split": r["split"],
+    return [{"point": point, "market": market, "seed": str(seed), "protocol": r["protocol"], "split": r["split"],
              **{m: r[m] for m in METRICS}, "epochs": len(curves),
              "seconds_per_epoch": round(float(np.mean([float(r["train_seconds"]) for r in first])), 2),
-             "seconds": seconds} for r in rows if r["phase"] == final]
+             "seconds": run_seconds(path)} for r in rows if r["phase"] == final]
 
 
 def slug(point):
