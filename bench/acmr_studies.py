@@ -162,9 +162,12 @@ def plot(study, points, markets, values, timing, path):
                 ys = [np.mean(values[(point, m, protocol)]) for m in markets if (point, m, protocol) in values]
                 ax.plot(xs, ys, "o" if point == "ACMR" else "s", markersize=7, label=point)
             ax.set_xticks(range(len(markets)), [m.upper() for m in markets])
+            ax.set_xlim(-0.6, len(markets) - 0.4)  # a market's points stay beside its tick
             ax.set_title(f"test NDCG@10, `{protocol}` protocol", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
-        axes[0].legend(fontsize=8)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=len(points), fontsize=8)  # below, over no point
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
     else:
         market = markets[0]
         fig, axes = plt.subplots(1, len(DEFAULTS), figsize=(4 * len(DEFAULTS), 3.8), squeeze=False)
@@ -186,7 +189,7 @@ def plot(study, points, markets, values, timing, path):
             ax.set_title(f"{market.upper()}: {name}", fontsize=10)
             handles = ax.get_legend_handles_labels()[0] + seconds.get_legend_handles_labels()[0]
             ax.legend(handles, [h.get_label() for h in handles], fontsize=7, loc="lower right")
-    fig.tight_layout()
+        fig.tight_layout()
     write_atomically(path, lambda f: fig.savefig(f, dpi=100, format="png"), mode="wb")
     plt.close(fig)
 
