@@ -215,6 +215,7 @@ def _init_logging(log_file, config):
     file_handler = logging.FileHandler(log_file)
     file_handler.addFilter(RemoveColorFilter())  # after the console handler, as in RecBole's own logger
     console = logging.StreamHandler()
+    console.addFilter(lambda record: not getattr(record, "log_file_only", False))
     for handler, level in ((console, console_level), (file_handler, logging.INFO)):
         handler.setFormatter(fmt)
         handler.setLevel(level)
@@ -479,7 +480,7 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
         results = runner.run(phase=phase, pretrained=pretrained, test_protocols=test_protocols)
         rows = results_rows(config, results)
         table = format_table(rows)
-        logger.info("\n" + table)
+        logger.info("\n" + table, extra={"log_file_only": True})  # the caller prints the rows it gets back
         with open(run_dir.file("results.json"), "w") as f:
             json.dump({"model": config["model"], "market": config["target_market"], "seed": config["seed"],
                        "protocol": config["eval_protocol"], "train_markets": config["train_markets"],

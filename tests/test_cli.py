@@ -66,3 +66,13 @@ def test_overrides_in_argv_reach_the_config_and_test_protocols_add_to_the_config
     with open(os.path.join(run_dir, "results.csv")) as f:
         assert {r["protocol"] for r in csv.DictReader(f)} == {"market", "paper"}
     assert sys.argv == ["pytest", "--eval_neg_num=99"]
+
+
+def test_a_run_prints_its_result_table_once_and_logs_it_to_run_log(tiny_root, tmp_path, capsys):
+    assert main(["--model=Pop", "--market=BB", "--dataset=tiny", f"--data_path={tiny_root}",
+                 f"--checkpoint_dir={tmp_path / 'saved'}", "--eval_neg_num=15"]) == 0
+    captured = capsys.readouterr()
+    header = "phase |   protocol |"
+    assert captured.out.count(header) == 1 and header not in captured.err
+    run_dir = captured.out.split("run directory: ")[1].strip()
+    assert open(os.path.join(run_dir, "run.log")).read().count(header) == 1
