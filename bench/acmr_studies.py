@@ -29,18 +29,25 @@ from collections import defaultdict
 
 import matplotlib
 import numpy as np
-from compare_markets import SETTINGS
+from compare_markets import SETTINGS, bench_command, market_list
 from scipy import stats
 
 from recbole_cmr.config import make_config
 from recbole_cmr.quick_start import find_resumable_run, run, run_seconds
-from recbole_cmr.utils import read_csv_rows, write_atomically, write_csv_rows, write_text
+from recbole_cmr.utils import (
+    CrossMarketError,
+    int_list,
+    name_list,
+    read_csv_rows,
+    write_atomically,
+    write_csv_rows,
+    write_text,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(BENCH, "results")
 PROTOCOLS = ("market", "paper", "full")
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "mrr@10")
 FIELDS = ["point", "market", "seed", "protocol", "split", *METRICS, "epochs", "seconds_per_epoch", "seconds"]
@@ -90,7 +97,7 @@ def slug(point):
 
 def per_user(out, point, market, seed, protocol):
     """(users, test NDCG@10) of a point, or of the grid's full ACMR cell for ``point`` ACMR; None if absent."""
-    path = (os.path.join(RESULTS, "compare", "per_user", f"ACMR-cross-market-{market}-{seed}.npz")
+    path = (os.path.join(os.path.dirname(out), "compare", "per_user", f"ACMR-cross-market-{market}-{seed}.npz")
             if point == "ACMR" else os.path.join(out, "per_user", f"{slug(point)}-{market}-{seed}.npz"))
     if not os.path.exists(path):
         return None
@@ -100,7 +107,7 @@ def per_user(out, point, market, seed, protocol):
 
 def summary(study, rows, out):
     """Test NDCG@10 per point and market (mean over seeds); ablations with Wilcoxon p against full ACMR."""
-    grid = [r for r in read_csv_rows(os.path.join(RESULTS, "compare", "results.csv"))
+    grid = [r for r in read_csv_rows(os.path.join(os.path.dirname(out), "compare", "results.csv"))
             if r["label"] == "ACMR" and r["split"] == "test"]
     seeds = sorted({r["seed"] for r in rows})
     markets = list(dict.fromkeys(r["market"] for r in rows))
@@ -194,23 +201,43 @@ def plot(study, points, markets, values, timing, path):
     plt.close(fig)
 
 
+def point_list(text, study):
+    """The ``--points`` of ``study``, each checked against its known labels."""
+    points = name_list(text, "--points")
+    unknown = [p for p in points if p not in STUDIES[study]]
+    if unknown:
+        raise CrossMarketError(f"--points: unknown {study} point(s) {', '.join(map(repr, unknown))}; the points are: "
+                               + ", ".join(STUDIES[study]))
+    return points
+
+
 def main(argv=None):
+    """The command; a bad argument is one ``error:`` line and exit code 2, Ctrl-C one line and 130 (the same command
+    continues: finished points are kept, an unfinished one goes on from its last finished epoch)."""
     warnings.filterwarnings("ignore")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", choices=sorted(STUDIES))
     parser.add_argument("--markets", default=None, help="default: all seven (ablation), DE (sensitivity)")
     parser.add_argument("--seeds", default="2020")
     parser.add_argument("--points", default=None, help="comma list of point labels (default: every one)")
+    parser.add_argument("--results", default=os.path.join(BENCH, "results"),
+                        help="results folder; full ACMR is read from its compare/ grid")
     args = parser.parse_args(argv)
-    sys.argv = sys.argv[:1]
-    markets = (args.markets or ("IN,JP,DE,FR,MX,UK,CA" if args.study == "ablation" else "DE")).lower().split(",")
-    points = args.points.split(",") if args.points else list(STUDIES[args.study])
-    out = os.path.join(RESULTS, f"acmr_{args.study}")
+    sys.argv = sys.argv[:1]  # RecBole's Config reads the command line too
+    return bench_command(_main, args, "continues from the finished points")
+
+
+def _main(args):
+    points = point_list(args.points, args.study) if args.points is not None else list(STUDIES[args.study])
+    seeds = int_list(args.seeds, "--seeds")
+    default_markets = "IN,JP,DE,FR,MX,UK,CA" if args.study == "ablation" else "DE"
+    markets = market_list(default_markets if args.markets is None else args.markets)
+    out = os.path.join(args.results, f"acmr_{args.study}")
     os.makedirs(out, exist_ok=True)
     results = os.path.join(out, "results.csv")
     rows = read_csv_rows(results)
     for market in markets:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in seeds:
             for point in points:
                 if any((r["point"], r["market"], r["seed"]) == (point, market, str(seed)) for r in rows):
                     continue

@@ -485,18 +485,34 @@ def test_a_resumed_searchs_progress_lines_count_minutes_from_the_resuming_comman
     assert time.time() - restored.started < 60
 
 
-@pytest.mark.parametrize("bench", ["compare_markets", "acmr_cold_start"])
+@pytest.mark.parametrize("bench", [["compare_markets"], ["acmr_cold_start"], ["acmr_studies", "ablation"]])
 @pytest.mark.parametrize("argv, message", [
     (["--markets", "IN,XX"], "unknown market 'xx'; the dataset 'xmarket' has markets: ca, de, fr, in, jp, mx, uk"),
     (["--markets", "IN,in"], "--markets lists in more than once; give each once"),
+    (["--markets", ""], "--markets has an empty name in ''; separate the names by single commas"),
     (["--seeds", "2020,abc"], "--seeds must be comma separated integers, got '2020,abc'"),
 ])
 def test_the_benchmark_grids_refuse_bad_arguments_in_one_line_before_any_run(tmp_path, capsys, monkeypatch, bench,
                                                                               argv, message):
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
-    assert load_bench(bench).main([*argv, "--results", str(tmp_path / "results")]) == 2
+    name, *study = bench
+    assert load_bench(name).main([*study, *argv, "--results", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [f"error: {message}"]
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ablation", "--points", "w/o fine-tuning,w/o pre-training"],
+     "--points: unknown ablation point(s) 'w/o pre-training'; the points are: w/o market embedding, "),
+    (["sensitivity", "--points", "d=16,d=16"], "--points lists d=16 more than once; give each once"),
+])
+def test_the_acmr_studies_refuse_an_unknown_or_repeated_point_before_any_run(tmp_path, capsys, monkeypatch, argv,
+                                                                            message):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    assert load_bench("acmr_studies").main([*argv, "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {message}"), err
     assert not (tmp_path / "results").exists()
 
 
