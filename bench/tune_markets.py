@@ -1,5 +1,6 @@
-"""The tuned comparison: one Ray Tune search per model, scope and market with the same budget, then the
-selected configurations rerun on three seeds and tested under every protocol.
+"""The tuned comparison: a Ray Tune search per model, scope and market, each selection rerun on three seeds.
+
+Every search has the same budget; the selected configurations are tested under every protocol.
 
     python bench/tune_markets.py --markets IN,JP,DE                       # the searches (resumable)
     python bench/tune_markets.py --markets IN,JP,DE --rerun --seeds 2020,2021,2022
