@@ -8,6 +8,7 @@ import os
 import pkgutil
 import re
 import signal
+import threading
 import time
 
 import recbole.model
@@ -131,14 +132,40 @@ def read_csv_rows(path):
         return list(csv.DictReader(f))
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends, then act on the first one as it would have been: an
+    interrupt inside ``torch.save`` surfaces as a RuntimeError from its zip writer, not as the interrupt.
+    Python runs signal handlers in the main thread only, so elsewhere the block runs as it is."""
+    signums = (signal.SIGINT, signal.SIGTERM)
+    handlers = {signum: signal.getsignal(signum) for signum in signums}
+    if threading.current_thread() is not threading.main_thread() or None in handlers.values():
+        yield  # None: a handler installed outside Python, which this could not put back
+        return
+    caught = []
+    for signum in signums:
+        signal.signal(signum, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if caught and callable(handlers[caught[0]]):
+            handlers[caught[0]](caught[0], None)
+        elif caught and handlers[caught[0]] == signal.SIG_DFL:
+            signal.raise_signal(caught[0])
+
+
 def write_atomically(path, write, mode="w"):
     """Call ``write(file)`` on a temporary file renamed to ``path`` when complete, so an interrupted run or a
-    full disk never leaves half a file (the temporary file is removed on failure)."""
+    full disk never leaves half a file (the temporary file is removed on failure). An interrupt waits until
+    the file is complete."""
     tmp = path + ".tmp"
     try:
-        with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
-            write(f)
-        os.replace(tmp, path)
+        with interrupts_deferred():
+            with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+                write(f)
+            os.replace(tmp, path)
     except BaseException as err:
         if os.path.isfile(tmp):
             os.remove(tmp)

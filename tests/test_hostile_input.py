@@ -18,7 +18,7 @@ from recbole_cmr.data.dataset import create_dataset
 from recbole_cmr.quick_start import run
 from recbole_cmr.trainer import load_checkpoint, load_state_dict
 from recbole_cmr.tune import tune_model
-from recbole_cmr.utils import CrossMarketError
+from recbole_cmr.utils import CrossMarketError, Terminated, raise_terminated, write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -316,7 +316,7 @@ def test_interrupt_or_kill_is_one_line_and_keeps_only_a_resumable_run(tiny_root,
     finally:  # a run that ignored the signal must not train on beside the rest of the suite
         proc.kill()
         proc.wait()
-    assert proc.returncode == code
+    assert proc.returncode == code, err
     kept = [str(path) for path in saved.iterdir()]
     assert len(kept) == 1 and kept[0].endswith(".incomplete")
     assert err.strip().splitlines()[-1] == (f"error: {word}; the unfinished run is kept in {kept[0]}; add "
@@ -329,6 +329,27 @@ def test_interrupt_or_kill_is_one_line_and_keeps_only_a_resumable_run(tiny_root,
         f"error: {kept[0]} was started with other settings (learning_rate differs); resume it with the command that "
         "started it, or delete it"]
     assert [str(path) for path in saved.iterdir()] == kept
+
+
+
+def test_an_interrupt_while_a_state_is_saved_waits_for_the_complete_file(tmp_path):
+    """torch.save interrupted midway raises a RuntimeError from its zip writer, not the interrupt: the run
+    would end in a traceback and lose its resumable folder. The interrupt is held until the file is written."""
+    path = str(tmp_path / "pretrain.resume.pth")
+    state = {"w": torch.arange(1000.0)}
+
+    def save_while_killed(f):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives during the write
+        torch.save(state, f)
+
+    on_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        with pytest.raises(Terminated):
+            write_atomically(path, save_while_killed, mode="wb")
+    finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    assert os.listdir(tmp_path) == ["pretrain.resume.pth"]
+    assert torch.equal(torch.load(path, weights_only=True)["w"], state["w"])
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------------
