@@ -44,6 +44,7 @@ from recbole_cmr.utils import (
     is_locked,
     release,
     try_lock,
+    write_atomically,
     write_csv_rows,
     write_text,
 )
@@ -502,8 +503,9 @@ def run(model, market=None, config_file_list=None, config_dict=None, phase="both
                                 f"{config['eval_protocol']}, seed {config['seed']}", config["valid_metric"].lower())
         if runner.per_user_test:
             test_users = np.unique(runner.built[2].inter_feat[config["USER_ID_FIELD"]].numpy())
-            np.savez(run_dir.file("per_user_test.npz"), user_id=test_users,
-                     **{f"{p}/{m}": v for p, by_metric in runner.per_user_test.items() for m, v in by_metric.items()})
+            per_user = {f"{p}/{m}": v for p, by_metric in runner.per_user_test.items() for m, v in by_metric.items()}
+            write_atomically(run_dir.file("per_user_test.npz"), lambda f: np.savez(f, user_id=test_users, **per_user),
+                             mode="wb")
         with open(run_dir.file("config.json"), "w") as f:
             json.dump(plain_config(config), f, indent=2, default=str)
         write_text(run_dir.file("data.json"), json.dumps(request["data"], indent=2))  # the files the run read
