@@ -158,14 +158,14 @@ def interrupts_deferred():
 
 def write_atomically(path, write, mode="w"):
     """Call ``write(file)`` on a temporary file renamed to ``path`` when complete, so an interrupted run or a
-    full disk never leaves half a file (the temporary file is removed on failure). An interrupt waits until
-    the file is complete."""
+    full disk never leaves half a file (the temporary file is removed on failure). An interrupt during the
+    write takes effect when ``write`` returns, before the rename: ``path`` keeps its previous content."""
     tmp = path + ".tmp"
     try:
-        with interrupts_deferred():
-            with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+        with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as f:
+            with interrupts_deferred():
                 write(f)
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException as err:
         if os.path.isfile(tmp):
             os.remove(tmp)
