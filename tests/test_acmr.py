@@ -114,6 +114,14 @@ def test_training_positive_never_sees_itself(acmr):
     assert not (history == positives.unsqueeze(1)).any()
     kept = model._histories(users[:n_pos])  # released behaviour: the positive is in its own history
     assert (kept == items[:n_pos].unsqueeze(1)).any(1).all()
+    # and calculate_loss asks for exactly that exclusion, unless history_keeps_positive is set
+    calls = []
+    histories = model._histories
+    model._histories = lambda users, exclude=None: calls.append(exclude) or histories(users, exclude)
+    model.calculate_loss(batch)
+    model.history_keeps_positive = True
+    model.calculate_loss(batch)
+    assert torch.equal(calls[0], positives) and calls[1] is None
 
 
 def test_long_histories_keep_a_subset(tiny_config):
@@ -216,6 +224,18 @@ def test_same_seed_same_metrics(tiny_root, tmp_path):
     _, first = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=3), saved=False)
     _, second = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, seed=3), saved=False)
     assert first == second
+
+
+def test_without_market_embedding_the_market_changes_no_score(tiny_config):
+    config = tiny_config("ACMR", embedding_size=8, n_heads=2, n_layers=1, use_market_embedding=False)
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    model = ACMR(config, data_preparation(config, dataset)[0].dataset).eval()
+    assert model.market_embedding is None and not any("market_embedding" in k for k in model.state_dict())
+    sequences = torch.tensor([[5, 7, 9], [5, 7, 9]])
+    with torch.no_grad():
+        scores = model._encode(sequences, torch.tensor([1, 2]))
+    assert torch.equal(scores[0], scores[1])
 
 
 def test_ablation_switches(tiny_root, tmp_path):

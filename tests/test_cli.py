@@ -10,6 +10,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from recbole_cmr.utils import read_csv_rows  # noqa: E402
 from run_recbole_cmr import main  # noqa: E402
 
 
@@ -76,3 +77,17 @@ def test_a_run_prints_its_result_table_once_and_logs_it_to_run_log(tiny_root, tm
     assert captured.out.count(header) == 1 and header not in captured.err
     run_dir = captured.out.split("run directory: ")[1].strip()
     assert open(os.path.join(run_dir, "run.log")).read().count(header) == 1
+
+
+def test_compare_from_the_command_line_passes_every_flag_to_its_place(tiny_root, tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["--compare", "--models=Pop,EASE", "--markets=BB,cc", "--seeds=3", "--scopes=single",
+                 "--protocol=market", "--test_protocols=paper", "--dataset=tiny", f"--data_path={tiny_root}",
+                 "--eval_neg_num=15", f"--out={out}"]) == 0
+    rows = read_csv_rows(os.path.join(out, "results.csv"))
+    cells = {(r["model"], r["scope"], r["market"], r["seed"]) for r in rows}
+    assert cells == {(m, "single", market, "3") for m in ("Pop", "EASE") for market in ("bb", "cc")}
+    assert {r["protocol"] for r in rows} == {"market", "paper"}
+    assert "protocol `paper`, seeds 3" in open(os.path.join(out, "table-paper.md")).read()
+    negatives = json.load(open(os.path.join(out, "runs", sorted(os.listdir(out / "runs"))[0], "config.json")))
+    assert negatives["eval_neg_num"] == 15 and negatives["seed"] == 3

@@ -67,6 +67,15 @@ def test_negatives_are_fixed_and_seeded(tiny_config):
     assert first != other
 
 
+def test_split_seed_alone_fixes_the_split_and_the_negatives(tiny_config):
+    """Models trained with other seeds meet the same test users, items and negatives under one split_seed."""
+    first = candidates(loaders(tiny_config(eval_protocol="market", seed=1, split_seed=5))[2][1])
+    other_training_seed = candidates(loaders(tiny_config(eval_protocol="market", seed=2, split_seed=5))[2][1])
+    other_split_seed = candidates(loaders(tiny_config(eval_protocol="market", seed=1, split_seed=6))[2][1])
+    assert first == other_training_seed
+    assert first != other_split_seed
+
+
 def test_full_ranks_exactly_the_target_items(tiny_config):
     dataset, built, (valid, test) = loaders(tiny_config(eval_protocol="full"))
     target_items = set(dataset.target_items.tolist())

@@ -77,15 +77,21 @@ def test_keep_known_can_return_the_users_items(runs):
     assert mine <= {dataset.token2id(dataset.iid_field, row["item"]) for row in everything}
 
 
-@pytest.mark.parametrize("model", ["ACMR", "EASE", "ItemKNN", "M3Rec", "Pop", "CMRanker"])
+@pytest.mark.parametrize("model", ["ACMR", "EASE", "ItemKNN", "M3Rec", "Pop", "CMRanker", "SASRec"])
 def test_a_new_user_with_a_known_users_history_gets_that_users_scores(runs, model):
-    """History models score from the items alone: a copy of a known user's training items scores as that user."""
+    """History models score from the items alone: a copy of a known user's training items scores as that user
+    (for a sequential model, in the order it read them)."""
     loaded = load_run(runs[model])
     dataset, config = loaded.dataset, loaded.config
     user = market_users(loaded)[3]
     uid = dataset.token2id(dataset.uid_field, user)
-    train = loaded.built[0].inter_feat
-    items = train[dataset.iid_field][train[dataset.uid_field] == uid]
+    if model == "SASRec":  # its known user's sequence: the training items in date order, as for the valid item
+        valid = loaded.built[1].inter_feat
+        row = int(torch.nonzero(valid[dataset.uid_field] == uid)[0])
+        items = valid["item_id_list"][row, :int(valid["item_length"][row])]
+    else:
+        train = loaded.built[0].inter_feat
+        items = train[dataset.iid_field][train[dataset.uid_field] == uid]
     history = [dataset.id2token(dataset.iid_field, i) for i in items]
     known = recommend(loaded, [user], k=6, keep_known=True)
     new = recommend_histories(loaded, {"newcomer": history}, k=6, keep_known=True)

@@ -74,11 +74,13 @@ def test_source_markets_restrict_training(tiny_config):
     assert markets == {dataset.market_id("bb"), dataset.market_id("cc")}
 
 
-def test_shipped_split_for_in(tmp_path):
-    config = make_config("Pop", "IN", config_dict={"checkpoint_dir": str(tmp_path), "state": "WARNING"})
+@pytest.mark.parametrize("market, users", [("IN", 239), ("MX", 1877), ("UK", 3351)])
+def test_shipped_split(tmp_path, market, users):
+    """The README's data table: MX and UK each lose the one user the [3,inf) filter drops."""
+    config = make_config("Pop", market, config_dict={"checkpoint_dir": str(tmp_path), "state": "WARNING"})
     dataset, (train, valid, test) = build(config)
-    assert len(valid) == len(test) == 239
-    assert len(train) + 2 * 239 == len(dataset.inter_feat)
+    assert len(valid) == len(test) == users
+    assert len(train) + 2 * users == len(dataset.inter_feat)
 
 
 @pytest.mark.parametrize("overrides, message", [
