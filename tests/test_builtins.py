@@ -1,6 +1,9 @@
 """RecBole built-ins on the cross-market split, and the stack breakages we handle."""
 
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -66,9 +69,12 @@ def test_lightgcn_builds_its_graph(tiny_root, tmp_path):
 
 
 def test_model_lookup_keeps_autograd_anomaly_detection_as_it_was():
-    """RecBole's sequential package (sine.py) turns anomaly detection on at import: 1.5-2x slower training."""
-    assert get_model("SASRec").__name__ == "SASRec"
-    assert not torch.is_anomaly_enabled()
+    """RecBole's sequential package (sine.py) turns anomaly detection on at import: 1.5-2x slower training.
+
+    A fresh interpreter, since any earlier import of that package in this one would hide the first check."""
+    check = ("import torch; from recbole_cmr.utils import get_model; "
+             "assert get_model('SASRec').__name__ == 'SASRec'; assert not torch.is_anomaly_enabled()")
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True, timeout=300).returncode == 0
     torch.autograd.set_detect_anomaly(True)
     try:
         assert get_model("Pop").__name__ == "Pop"
@@ -85,6 +91,21 @@ def test_auto_threads_take_idle_cores_up_to_omp_num_threads(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert choose_threads("auto") == 1
     assert choose_threads(3) == 3  # a number is taken as given
+
+
+def test_auto_threads_leave_the_cores_that_other_processes_keep_busy(monkeypatch):
+    """Real busy processes, one per core: ``auto`` must then take a single thread."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)  # past their start-up
+        assert utils._busy_cores_of_other_processes() > cores - 0.5
+        assert choose_threads("auto") == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def test_checkpoints_load_with_weights_only(tiny_config, tmp_path):

@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from recbole_cmr.compare import compare, markdown
 from recbole_cmr.utils import CrossMarketError, read_csv_rows
@@ -14,6 +15,26 @@ from recbole_cmr.utils import CrossMarketError, read_csv_rows
 def tiny_dict(tiny_root):
     return {"dataset": "tiny", "data_path": tiny_root, "epochs": 2, "eval_neg_num": 20,
             "embedding_size": 8, "n_heads": 2, "n_layers": 1}
+
+
+def check_paired_test_and_bold(table, out, market):
+    """By hand: ACMR's p-value against the best other model from the per-user files; bold is each column's max."""
+    section = table.split("## ACMR vs the best other model")[1]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {market.upper()} |"))
+    rival, p_text = row.split(" | ")[1], row.split(" | ")[-1].rstrip(" |")
+    model, scope = (rival.split(" (") + [""])[:2]
+    scope = {"single)": "single", "++)": "pp"}.get(scope, "cross-market")
+    acmr, other = [], []
+    for seed in (1, 2):
+        acmr.append(np.load(os.path.join(out, "per_user", f"ACMR-cross-market-{market}-{seed}.npz"))["market/ndcg@10"])
+        other.append(np.load(os.path.join(out, "per_user", f"{model}-{scope}-{market}-{seed}.npz"))["market/ndcg@10"])
+    assert p_text == f"{stats.wilcoxon(np.concatenate(acmr), np.concatenate(other)).pvalue:.2g}"
+    ndcg = table.split("## ndcg@10")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[1:] for line in ndcg.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    for column in zip(*rows):
+        values = [float(cell.strip(" |*").split(" ")[0]) for cell in column if cell.strip(" |")]
+        bold = [float(cell.strip(" |*").split(" ")[0]) for cell in column if cell.strip().startswith("**")]
+        assert bold and all(b == max(values) for b in bold)
 
 
 def test_grid_table_plot_and_resume(tiny_root, tmp_path):
@@ -26,7 +47,7 @@ def test_grid_table_plot_and_resume(tiny_root, tmp_path):
     assert paper_table != table and os.path.exists(os.path.join(out, "plot-paper.png"))
     for label in ("ACMR", "Pop (single)", "Pop (++)"):
         assert f"| {label} |" in table
-    assert "**" in table and "Wilcoxon" in table
+    check_paired_test_and_bold(table, out, "bb")
     assert os.path.getsize(os.path.join(out, "plot.png")) > 1000
     per_user = np.load(os.path.join(out, "per_user", "Pop-single-bb-1.npz"))
     assert len(per_user["market/ndcg@10"]) == len(per_user["paper/ndcg@10"]) == len(per_user["user_id"]) == 20
