@@ -226,6 +226,15 @@ def test_same_seed_same_metrics(tiny_root, tmp_path):
     assert first == second
 
 
+def test_more_test_protocols_change_no_selection(tiny_root, tmp_path):
+    """Selection stays on the configured protocol's valid set: extra test protocols only add rows."""
+    _, alone = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, epochs=3), saved=False)
+    _, more = run("ACMR", "bb", config_dict=tiny_acmr_dict(tiny_root, tmp_path, epochs=3), saved=False,
+                  test_protocols=["full", "paper"])
+    assert [r for r in more if r["protocol"] == "market"] == alone
+    assert {r["protocol"] for r in more} == {"market", "full", "paper"}
+
+
 def test_without_market_embedding_the_market_changes_no_score(tiny_config):
     config = tiny_config("ACMR", embedding_size=8, n_heads=2, n_layers=1, use_market_embedding=False)
     init_seed(config["seed"], True)
