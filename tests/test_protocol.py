@@ -6,7 +6,7 @@ import torch
 from recbole.utils import init_seed
 
 from recbole_cmr.data.dataset import CrossMarketDataset
-from recbole_cmr.data.protocol import eval_dataloaders
+from recbole_cmr.data.protocol import data_preparation, eval_dataloaders
 
 
 def loaders(config):
@@ -126,3 +126,40 @@ def test_a_registered_protocol_serves_the_config_the_runner_and_the_grid(tiny_co
     out = compare(["Pop"], ["bb"], [1], "halfmarket", ["single"], str(tmp_path / "cmp"), settings,
                   test_protocols=["market"])
     assert "protocol `halfmarket`" in open(f"{out}/table.md").read()
+
+
+def bucketed_epochs(tiny_config, epochs=2):
+    """The positives' (user, item, user's history length) of each batch, over ``epochs`` epochs of ACMR's loader."""
+    config = tiny_config("ACMR", embedding_size=8, n_heads=2, n_layers=1, train_batch_size=16, bucket_window=4)
+    init_seed(config["seed"], True)
+    dataset = CrossMarketDataset(config)
+    train = data_preparation(config, dataset)[0]
+    history = train.dataset.history_dataset.inter_feat["user_id"].numpy()
+    lengths = torch.as_tensor(np.bincount(history, minlength=dataset.user_num))
+    rows = sorted(zip(train.rows["user_id"].tolist(), train.rows["item_id"].tolist()))
+    out = []
+    for _ in range(epochs):
+        batches = []
+        for batch in train:
+            positives = batch["label"] == 1
+            users, items = batch["user_id"][positives], batch["item_id"][positives]
+            batches.append(list(zip(users.tolist(), items.tolist(), lengths[users].tolist())))
+        out.append(batches)
+    return rows, out
+
+
+def test_length_bucketed_batches_hold_every_row_once_per_epoch(tiny_config):
+    rows, epochs = bucketed_epochs(tiny_config)
+    for batches in epochs:
+        assert sorted((u, i) for batch in batches for u, i, _ in batch) == rows
+    assert epochs[0] != epochs[1], "each epoch draws another order"
+
+
+@pytest.mark.xfail(strict=True, reason="known defect, measured in bench/README.md ('Length buckets'): the short last "
+                                       "batch is shuffled among the others, so the loader's fixed-size slices after it "
+                                       "straddle two buckets; fixing it changes every trained ACMR number")
+def test_every_length_bucketed_batch_is_one_slice_of_a_sorted_window(tiny_config):
+    _, epochs = bucketed_epochs(tiny_config, epochs=1)
+    for batch in epochs[0]:
+        lengths = [n for _, _, n in batch]
+        assert lengths == sorted(lengths)
