@@ -173,6 +173,13 @@ def test_command_line_writes_csv_and_json(runs, tmp_path):
     out = _cli("--recommend", runs["EASE"], "--histories", "h.csv", "--k", "2", "--out", "new.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert [r["user"] for r in json.load(open(tmp_path / "new.json"))] == ["new1", "new1", "new2", "new2"]
+    out = _cli("--recommend", runs["ACMR"], "--history", "i30,i31", "--market", "CC", "--k", "3", "--out", "cc.csv",
+               cwd=tmp_path)  # a new user of another market: the same items as the library call
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "cc.csv") as f:
+        assert [(r["user"], r["item"]) for r in csv.DictReader(f)] == [
+            ("new_user", r["item"]) for r in recommend_histories(load_run(runs["ACMR"]), {"x": ["i30", "i31"]},
+                                                                 market="CC", k=3)]
     out = _cli("--recommend", runs["EASE"], "--all_users", "--k", "1", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.count("bb_u") == 20
     assert out.stderr == ""
