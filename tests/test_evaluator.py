@@ -10,7 +10,7 @@ from recbole.utils import init_seed
 from recbole_cmr.data.dataset import CrossMarketDataset
 from recbole_cmr.data.protocol import data_preparation, eval_dataloaders
 from recbole_cmr.evaluator import expected_positions
-from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, training_items
+from recbole_cmr.quick_start import CrossMarketRun, RunDirectory, run, training_items
 from recbole_cmr.trainer import get_trainer
 
 NOT_A_CANDIDATE = float("-inf")
@@ -105,3 +105,14 @@ def test_the_runner_ranks_against_the_items_of_every_training_phase(tiny_config,
     pretrained = torch.load(run_dir.file("pretrain.pth"), weights_only=True)
     assert torch.equal(pretrained["trained_items"], source)
     run_dir.discard()
+
+
+def test_untrained_items_rule_reaches_the_run(tiny_settings):
+    """EASE on the target's rows alone meets negatives of other markets it never trained on (they score 0):
+    ranked last by default, they can no longer outrank a positive that scores below 0."""
+    ndcg = {}
+    for rule in ("last", "score"):
+        _, rows = run("EASE", "bb", config_dict=tiny_settings(train_markets="target", eval_protocol="paper",
+                                                               untrained_items=rule), saved=False)
+        ndcg[rule] = [r["ndcg@10"] for r in rows]
+    assert all(last > score for last, score in zip(ndcg["last"], ndcg["score"]))
