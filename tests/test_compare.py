@@ -132,6 +132,16 @@ def test_two_phase_pretraining_is_reused_where_the_protocol_allows(tiny_root, tm
     assert forec_metrics("market-again") == forec_metrics("market")
 
 
+def test_acmr_keeping_its_last_pretraining_epoch_serves_every_protocol_from_one_pretraining(tiny_root, tmp_path):
+    settings = {**tiny_dict(tiny_root), "pretrain_max_epochs": 1, "pretrain_valid": False}
+    for protocol in ("market", "paper"):
+        compare(["ACMR"], ["bb"], [1], protocol, ["++"], str(tmp_path / protocol), settings)
+    assert len(os.listdir(tmp_path / "pretrained")) == 1
+    pretrained = {protocol: os.path.exists(tmp_path / protocol / "runs" / os.listdir(tmp_path / protocol / "runs")[0]
+                                           / "pretrain.pth") for protocol in ("market", "paper")}
+    assert pretrained == {"market": True, "paper": False}
+
+
 def test_a_damaged_grid_folder_gives_one_error_naming_the_file(tiny_root, tmp_path):
     out = str(tmp_path / "cmp")
     grid = (["Pop", "EASE"], ["bb"], [1], "market", ["single"], out, tiny_dict(tiny_root))
