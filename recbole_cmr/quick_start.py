@@ -204,6 +204,34 @@ def find_resumable_run(config, phase="both", pretrained=None, test_protocols=Non
     return None
 
 
+class RunLogFileHandler(logging.FileHandler):
+    """The run's log file, each line written through by its descriptor. A line it cannot write (a full disk) stops
+    the run with that OSError, which the command reports as its one error line, where logging would print a
+    traceback per line, go on with a log that has gaps, and fail again when the handler is closed."""
+
+    def __init__(self, path):
+        super().__init__(path, delay=True)  # logging's own stream stays unopened
+        self.fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def emit(self, record):
+        try:
+            line = (self.format(record) + self.terminator).encode("utf-8")
+        except Exception:  # a record that does not format is logging's business, as in any handler
+            self.handleError(record)
+            return
+        try:
+            while line:
+                line = line[os.write(self.fd, line):]
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, self.baseFilename) from None
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        super().close()
+
+
 def _init_logging(log_file, config):
     """RecBole-style logging to the console and the run's log file."""
     root = logging.getLogger()
@@ -213,7 +241,7 @@ def _init_logging(log_file, config):
     console_level = getattr(logging, str(config["state"] or "INFO").upper(), logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s  %(message)s", "%d %b %H:%M:%S")
     # ``state`` quiets the console only: the log file keeps every epoch line (quiet grids too).
-    file_handler = logging.FileHandler(log_file)
+    file_handler = RunLogFileHandler(log_file)
     file_handler.addFilter(RemoveColorFilter())  # after the console handler, as in RecBole's own logger
     console = logging.StreamHandler()
     console.addFilter(lambda record: not getattr(record, "log_file_only", False))

@@ -23,7 +23,7 @@ from recbole.utils import get_trainer as get_recbole_trainer
 from torch.utils.tensorboard import SummaryWriter
 
 from recbole_cmr.evaluator import FairEvaluator, FairRankingCollector
-from recbole_cmr.utils import CrossMarketError, write_atomically
+from recbole_cmr.utils import CrossMarketError, write_torch
 
 #: Config keys stored in a checkpoint; a checkpoint is reusable only where the split is the same.
 SPLIT_KEYS = ("model", "dataset", "target_market", "source_markets", "split_order", "split_seed", "seed")
@@ -56,7 +56,7 @@ class WeightsOnlyCheckpointMixin:
             "other_parameter": _plain_other_parameter(self.model),
             "optimizer": self.optimizer.state_dict(),
         }
-        write_atomically(saved_model_file, lambda f: torch.save(state, f), mode="wb")
+        write_torch(saved_model_file, state)
         if verbose:
             self.logger.info(f"Saving current: {saved_model_file}")
 
@@ -98,7 +98,7 @@ class ResumableTrainingMixin:
             "loader_rng": train_data.generator.get_state(),
             "elapsed_seconds": float(self.elapsed_seconds()) if self.elapsed_seconds else 0.0,
         }
-        write_atomically(self.resume_file, lambda f: torch.save(state, f), mode="wb")
+        write_torch(self.resume_file, state)
 
     def resume_training(self, train_data):
         """Continue from ``resume_file``; returns the run's computing seconds recorded with it."""
@@ -312,7 +312,7 @@ def record_finetune_rng_state(path, trained_items):
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["finetune_rng_state"] = global_rng_state()
     checkpoint["trained_items"] = trained_items.clone()
-    write_atomically(path, lambda f: torch.save(checkpoint, f), mode="wb")
+    write_torch(path, checkpoint)
 
 
 def restore_finetune_rng_state(checkpoint):

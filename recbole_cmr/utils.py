@@ -4,6 +4,7 @@ import contextlib
 import csv
 import difflib
 import fcntl
+import io
 import os
 import pkgutil
 import re
@@ -169,9 +170,21 @@ def write_atomically(path, write, mode="w"):
     except BaseException as err:
         if os.path.isfile(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.errno is not None and err.filename in (tmp, path):
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (tmp, path, None):
             raise OSError(err.errno, err.strerror, path) from None  # the file asked for, not the temporary one
         raise
+
+
+def write_torch(path, obj):
+    """``torch.save(obj)`` to ``path`` atomically. The bytes are made in memory and then written: torch's zip
+    writer turns a failed write (a full disk) into a RuntimeError naming no file, a plain write into an OSError."""
+
+    def write(f):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        f.write(buffer.getbuffer())
+
+    write_atomically(path, write, mode="wb")
 
 
 def try_lock(path, wait=False):

@@ -1,7 +1,10 @@
 """Hostile and careless input: one `error:` line, exit 2, nothing half-written, nothing silently changed."""
 
+import errno
 import json
+import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -306,6 +309,46 @@ def test_a_failed_write_names_the_file_asked_for_and_leaves_nothing(tmp_path):
             write_text(str(path), "a,b\n")
         assert raised.value.filename == str(path)  # not its temporary file
     assert sorted(os.listdir(tmp_path)) == ["taken.csv"] and os.listdir(tmp_path / "taken.csv") == []
+
+
+def limit_file_size(limit):
+    """A child process's ``preexec_fn``: files it writes stop at ``limit`` bytes, a write beyond failing with EFBIG
+    (as a full disk fails one with ENOSPC) instead of killing the process."""
+
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return set_limit
+
+
+@pytest.mark.parametrize("limit", [3_000, 60_000])  # below the run's first files; below only its checkpoint
+def test_a_write_the_disk_refuses_is_one_line_and_leaves_nothing(tiny_root, tmp_path, limit):
+    saved = tmp_path / "saved"
+    done = subprocess.run([sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--model=BPR", "--market=bb",
+                           "--dataset=tiny", f"--data_path={tiny_root}", f"--checkpoint_dir={saved}", "--epochs=1",
+                           "--eval_neg_num=20"], capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size(limit))
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith(f"error: cannot write or read {saved}{os.sep}") and "File too large" in last
+    assert os.listdir(saved) == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_log_line_the_disk_refuses_stops_the_run():
+    from recbole_cmr.quick_start import RunLogFileHandler
+
+    logger = logging.getLogger("full-disk")
+    logger.propagate = False
+    logger.addHandler(RunLogFileHandler("/dev/full"))
+    try:
+        with pytest.raises(OSError) as raised:
+            logger.warning("a line")  # logging alone would print a traceback on the console and go on
+    finally:
+        logger.handlers[0].close()
+        logger.handlers.clear()
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == "/dev/full"
 
 
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
