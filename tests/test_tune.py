@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -113,10 +112,13 @@ def test_a_search_stopped_before_ray_saved_its_state_starts_again_in_its_folder(
         check_search_folder(str(tmp_path / "a_file"), settings)
 
 
-def fake_result(position, config=None, done=False, error=None, history=None):
-    """A trial's result as Ray's ResultGrid gives it; one that never reported has no config and no metrics."""
-    metrics = {"trial_id": f"fake_{position:05d}", "done": done} if config else None
-    return SimpleNamespace(config=config, metrics=metrics, error=error, metrics_dataframe=history)
+def trial_result(position, config=None, done=False, error=None, history=None):
+    """Ray's own ``Result`` of a trial, as its ResultGrid gives it; one that never reported has no metrics, so no
+    config."""
+    from ray.air import Result
+
+    metrics = {"trial_id": f"2105e_{position:05d}", "done": done, "config": config} if config else None
+    return Result(metrics=metrics, checkpoint=None, error=error, metrics_dataframe=history)
 
 
 def test_an_interrupted_search_is_told_from_a_finished_one_and_unreported_trials_are_summarised(tmp_path):
@@ -124,11 +126,11 @@ def test_an_interrupted_search_is_told_from_a_finished_one_and_unreported_trials
 
     history = pd.DataFrame([{"phase": "train", "epoch": 0, "valid_score": 0.2, "time_total_s": 1.0, "cpu_s": 0.9},
                             {"phase": "done", "epoch": -1, "valid_score": 0.2, "time_total_s": 1.5, "cpu_s": 1.2}])
-    finished = fake_result(0, {"learning_rate": 0.001}, done=True, history=history)
-    stopped = fake_result(1, {"learning_rate": 0.01}, done=True, history=history.iloc[:1])  # by the scheduler
-    failed = fake_result(2, {"learning_rate": 0.1}, error=RuntimeError("failed"))
-    running = fake_result(3, {"learning_rate": 0.02}, history=history.iloc[:1])  # Ray marks it terminated at Ctrl-C
-    unreported = fake_result(4)
+    finished = trial_result(0, {"learning_rate": 0.001}, done=True, history=history)
+    stopped = trial_result(1, {"learning_rate": 0.01}, done=True, history=history.iloc[:1])  # by the scheduler
+    failed = trial_result(2, {"learning_rate": 0.1}, error=RuntimeError("failed"))
+    running = trial_result(3, {"learning_rate": 0.02}, history=history.iloc[:1])  # Ray marks it terminated at Ctrl-C
+    unreported = trial_result(4)
     assert not interrupted([finished, stopped, failed], 3)
     assert interrupted([finished, stopped, failed], 4)  # a trial still to be sampled
     assert interrupted([finished, running], 2) and interrupted([finished, unreported], 2)
