@@ -76,6 +76,15 @@ def test_split_seed_alone_fixes_the_split_and_the_negatives(tiny_config):
     assert first != other_split_seed
 
 
+def test_a_market_too_small_for_its_negatives_names_the_user_the_market_and_the_protocol(tiny_config):
+    from recbole_cmr.utils import CrossMarketError
+
+    with pytest.raises(CrossMarketError, match=r"only \d+ candidate negatives for user 'bb_u\d+' of market 'bb' "
+                                               r"under eval_protocol market \(a pool of \d+ items .*40 needed"):
+        loaders(tiny_config(eval_protocol="market", eval_neg_num=40))
+    loaders(tiny_config(eval_protocol="paper", eval_neg_num=40))  # all markets' items are enough
+
+
 def test_full_ranks_exactly_the_target_items(tiny_config):
     dataset, built, (valid, test) = loaders(tiny_config(eval_protocol="full"))
     target_items = set(dataset.target_items.tolist())

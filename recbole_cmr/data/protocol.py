@@ -74,9 +74,10 @@ def get_protocol(name):
 class ProtocolSampler(Sampler):
     """RecBole Sampler whose valid/test negatives are fixed draws from a protocol's item pool."""
 
-    def __init__(self, datasets, pool, num, seed):
+    def __init__(self, datasets, pool, num, seed, where=""):
         super().__init__(["train", "valid", "test"], list(datasets), distribution="uniform")
         self.pool = np.asarray(pool, dtype=np.int64)
+        self.where = where  # the target market and protocol, for the message of a user with too few candidates
         self.fixed_negatives = {phase: self._draw(phase_dataset, num, seed + offset)
                                 for offset, (phase, phase_dataset) in enumerate(zip(EVAL_PHASES, datasets[1:]), 1)}
 
@@ -88,9 +89,11 @@ class ProtocolSampler(Sampler):
         for uid in np.unique(phase_dataset.inter_feat[self.uid_field].numpy()):
             candidates = np.setdiff1d(self.pool, np.fromiter(all_items_of_user[uid], dtype=np.int64))
             if len(candidates) < num:
+                user = phase_dataset.id2token(self.uid_field, uid)
                 raise CrossMarketError(
-                    f"only {len(candidates)} candidate negatives for a user, {num} needed; "
-                    "lower eval_neg_num or use eval_protocol: full"
+                    f"only {len(candidates)} candidate negatives for user {user!r}{self.where} (a pool of "
+                    f"{len(self.pool)} items less the user's own), {num} needed; lower eval_neg_num or use "
+                    "eval_protocol: full"
                 )
             negatives[uid] = rng.choice(candidates, size=num, replace=False)
         return negatives
@@ -137,7 +140,8 @@ def eval_dataloaders(config, dataset, built_datasets):
     seed = config["split_seed"]
     protocol = get_protocol(config["eval_protocol"])
     sampler = ProtocolSampler(
-        [dataset.history_dataset, valid, test], protocol.pool(dataset), int(config["eval_neg_num"]), int(seed)
+        [dataset.history_dataset, valid, test], protocol.pool(dataset), int(config["eval_neg_num"]), int(seed),
+        where=f" of market {config['target_market']!r} under eval_protocol {protocol.name}",
     )
     loader = MarketFullSortEvalDataLoader if protocol.full_ranking else NegSampleEvalDataLoader
     return (loader(config, valid, sampler.set_phase("valid"), shuffle=False),
