@@ -13,6 +13,7 @@ import collections
 import difflib
 import signal
 import sys
+import threading
 import warnings
 
 try:  # imports torch: a second or two in which Ctrl-C would otherwise print a traceback
@@ -133,6 +134,15 @@ def check_repeated_flags(parser, argv):
         seen[name] = arg
 
 
+def quiet_writer_thread_errors(args):
+    """The command's ``threading.excepthook``: a full disk may fail TensorBoard's writer thread first; the run meets
+    the same OSError at its next TensorBoard write and reports it in one line, so the thread's traceback is not
+    printed. Other threads' errors as usual."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+        return
+    threading.__excepthook__(args)
+
+
 def main(argv=None):
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
@@ -140,6 +150,7 @@ def main(argv=None):
     parser, args, unknown = parse_args(argv)
     program_argv, sys.argv = sys.argv, sys.argv[:1]  # overrides go in config_dict; RecBole must not re-read argv
     on_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
+    on_thread_error, threading.excepthook = threading.excepthook, quiet_writer_thread_errors
     try:
         check_repeated_flags(parser, argv)
         return _main(parser, args, unknown)
@@ -167,6 +178,7 @@ def main(argv=None):
         return status
     finally:
         signal.signal(signal.SIGTERM, on_sigterm)
+        threading.excepthook = on_thread_error
         sys.argv = program_argv
 
 

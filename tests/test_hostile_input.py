@@ -335,6 +335,29 @@ def test_a_write_the_disk_refuses_is_one_line_and_leaves_nothing(tiny_root, tmp_
     assert os.listdir(saved) == []
 
 
+@pytest.mark.parametrize("hook", [True, False])
+def test_a_tensorboard_write_the_disk_refuses_reaches_the_run_without_a_thread_traceback(tmp_path, hook):
+    code = "\n".join([
+        "import resource, signal, sys, threading",
+        f"sys.path.insert(0, {REPO!r})",
+        "from run_recbole_cmr import quiet_writer_thread_errors",
+        "from torch.utils.tensorboard import SummaryWriter",
+        *(["threading.excepthook = quiet_writer_thread_errors"] if hook else []),
+        f"writer = SummaryWriter({str(tmp_path)!r})",
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)",
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (500, 500))",
+        "try:",
+        "    for step in range(200):",
+        "        writer.add_scalar('loss', float(step), step)",
+        "    writer.flush()",
+        "except OSError as err:",
+        "    print('the run meets', err.errno)",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == f"the run meets {errno.EFBIG}", done.stderr
+    assert ("Traceback" in done.stderr) is not hook  # without the command's hook the thread prints its own
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
 def test_a_log_line_the_disk_refuses_stops_the_run():
     from recbole_cmr.quick_start import RunLogFileHandler
