@@ -11,6 +11,7 @@ file), so a typo stops the command instead of becoming a new, unused key.
 import argparse
 import collections
 import difflib
+import os
 import signal
 import sys
 import threading
@@ -134,6 +135,16 @@ def check_repeated_flags(parser, argv):
         seen[name] = arg
 
 
+def say(text):
+    """Print ``text`` on standard output now; a write that fails there (a full disk behind ``>``) names it."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, "standard output") from None
+
+
 def quiet_writer_thread_errors(args):
     """The command's ``threading.excepthook``: a full disk may fail TensorBoard's writer thread first; the run meets
     the same OSError at its next TensorBoard write and reports it in one line, so the thread's traceback is not
@@ -157,9 +168,13 @@ def main(argv=None):
     except CrossMarketError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output stopped early (``| head``): stop quietly, as other commands do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
     except OSError as err:  # an output folder that is read-only, a file, or on a full disk
-        print(io_error_line(err, "choose a writable folder with free space (--checkpoint_dir, --out) and check the "
-                                 "input paths"), file=sys.stderr)
+        advice = ("free space where standard output goes" if err.filename == "standard output" else
+                  "choose a writable folder with free space (--checkpoint_dir, --out) and check the input paths")
+        print(io_error_line(err, advice), file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         kept = getattr(err, "kept_run", None)
@@ -233,10 +248,10 @@ def _recommend(args):
               f"{'' if args.keep_known else 'they do not already have '}(items sold there)", file=sys.stderr)
     if args.out:
         write_recommendations(args.out, rows)
-        print(f"{len(rows)} recommendations written to {args.out}")
+        say(f"{len(rows)} recommendations written to {args.out}")
     else:
-        print("user\trank\titem\tscore")
-        print("\n".join(f"{r['user']}\t{r['rank']}\t{r['item']}\t{r['score']:.6f}" for r in rows))
+        say("\n".join(["user\trank\titem\tscore",
+                        *(f"{r['user']}\t{r['rank']}\t{r['item']}\t{r['score']:.6f}" for r in rows)]))
     return 0
 
 
@@ -275,21 +290,21 @@ def _main(parser, args, unknown):
                       int_list(args.seeds or "2020", "--seeds"), (args.protocol or "market").lower(),
                       name_list(args.scopes or "single,++", "--scopes"), args.out,
                       config_dict, args.pretrained_dir, files, tests, jobs=positive_int(args.jobs or "1", "--jobs"))
-        print(open(f"{out}/table.md").read())
-        print(f"comparison directory: {out}")
+        say(open(f"{out}/table.md").read())
+        say(f"comparison directory: {out}")
         return 0
     if args.protocol is not None:
         config_dict["eval_protocol"] = args.protocol.lower()
     if args.tune:
         out = tune_model(args.model, args.market, args.tune, files, config_dict, ray_address=args.ray_address,
                          out_dir=args.out)
-        print(open(f"{out}/summary.md").read())
-        print(f"search directory: {out}")
+        say(open(f"{out}/summary.md").read())
+        say(f"search directory: {out}")
         return 0
     path, rows = run(args.model, args.market, files, config_dict, phase=args.phase or "both",
                      pretrained=args.pretrained, test_protocols=tests, resume=args.resume)
-    print(format_table(rows))
-    print(f"run directory: {path}")
+    say(format_table(rows))
+    say(f"run directory: {path}")
     return 0
 
 

@@ -3,7 +3,9 @@
 import csv
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -207,6 +209,19 @@ def test_command_line_bad_requests(runs, tmp_path, args, message):
     assert out.returncode == 2 and message in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "recs.txt").exists()
+
+
+def test_output_that_cannot_be_written_is_one_line_and_a_closed_reader_is_quiet(runs, tmp_path):
+    command = [sys.executable, os.path.join(REPO, "run_recbole_cmr.py"), "--recommend", runs["EASE"], "--all_users"]
+    if os.path.exists("/dev/full"):  # a full disk behind ``>``
+        with open("/dev/full", "w") as full:
+            out = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+        assert out.returncode == 2 and out.stderr.splitlines() == [
+            "error: cannot write or read standard output: No space left on device; free space where standard "
+            "output goes"], out.stderr
+    reader_gone = " ".join(shlex.quote(a) for a in command) + " | true; echo ${PIPESTATUS[0]}"  # as ``| head``
+    out = subprocess.run(["bash", "-c", reader_gone], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == str(128 + signal.SIGPIPE) and out.stderr == "", out.stderr
 
 
 def test_history_file_with_a_bad_row_names_its_line(runs, tmp_path):
