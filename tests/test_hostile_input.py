@@ -66,6 +66,9 @@ def cli(args, capsys):
     (lambda cells: cells[:4] + [""], "line 5 has no value for market"),          # an empty market
     (lambda cells: [cells[0], "", *cells[2:]], "line 5 has no value for item_id"),
     (lambda cells: cells[:2] + [""] + cells[3:], "line 5 has no value for rating"),
+    (lambda cells: cells[:3] + ["nan"] + cells[4:], "line 5 has no value for timestamp .*NaN, NA, NULL"),
+    (lambda cells: ["NA", *cells[1:]], "line 5 has no value for user_id .*a word the reader takes for a missing"),
+    (lambda cells: cells[:2] + ["4,5"] + cells[3:], "line 5 has rating:float '4,5', not a number"),
     # tokens that would silently become other tokens
     (lambda cells: [cells[0] + " ", *cells[1:]], "line 5 has blanks around its user_id 'aa_u0 '"),
     (lambda cells: [cells[0], " " + cells[1], *cells[2:]], "line 5 has blanks around its item_id"),

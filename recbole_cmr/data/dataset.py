@@ -46,6 +46,11 @@ class CrossMarketDataset(Dataset):
         try:
             super()._load_data(token, dataset_path)
         except (ValueError, KeyError, pd.errors.ParserError) as err:
+            not_a_number = self._first_non_number(inter_path)
+            if not_a_number:
+                number, field, value = not_a_number
+                raise CrossMarketError(f"atomic file {inter_path}: line {number} has {field} {value!r}, not a "
+                                       f"number; write a number there or remove the line") from err
             raise CrossMarketError(
                 f"malformed atomic file {inter_path}: {err}. The header must name typed fields such as "
                 "'user_id:token item_id:token rating:float timestamp:float market:token', "
@@ -114,6 +119,22 @@ class CrossMarketDataset(Dataset):
                                            f"fields where the header has {width}; give every line one value per "
                                            "header field")
 
+    @staticmethod
+    def _first_non_number(inter_path):
+        """``(line number, field, value)`` of the first value of a float field that is not a number, or None."""
+        with open(inter_path, encoding="utf-8", errors="replace") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
+            floats = [i for i, field in enumerate(header) if field.rpartition(":")[2] == "float"]
+            for number, line in enumerate(f, 2):
+                values = line.rstrip("\r\n").split("\t")
+                for i in floats:
+                    if i < len(values) and values[i].strip():
+                        try:
+                            float(values[i])
+                        except ValueError:
+                            return number, header[i], values[i]
+        return None
+
     def _check_rows(self, inter_path):
         """Refuse rows RecBole would drop or misread without a word: none is silently lost."""
         feat = self.inter_feat
@@ -126,7 +147,8 @@ class CrossMarketDataset(Dataset):
             fields = [c for c in feat.columns if empty[c].iloc[first]]
             raise CrossMarketError(
                 f"atomic file {inter_path}: line {first + 2} has no value for {', '.join(fields)} "
-                f"({int(bad.sum())} such row(s)); every row needs a value in each of the header's "
+                f"({int(bad.sum())} such row(s)): an empty field, or a word the reader takes for a missing value "
+                f"(NaN, NA, NULL, None, n/a, ...); every row needs a value in each of the header's "
                 f"{len(feat.columns)} tab-separated fields: fill or remove those rows"
             )
         for field in feat.columns[feat.dtypes.map(lambda t: np.issubdtype(t, np.number))]:
